@@ -1,0 +1,187 @@
+"""Walk a recording op by op and tie channels together: the state the op rules work on.
+
+Every channel that some op *creates* (a layer's output channel, a model input channel, the output
+of an op the library does not understand) is an **element**. Every recorded tensor carries, along
+its channel axis, one element id per position (its *slots*: a flattened tensor repeats a channel's
+element once per spatial position). Rules tie elements that must be kept or removed together
+(union-find); the resulting equivalence classes are the prunable channels, and the connected sets
+of layers they join are the **groups** the rest of the library works with.
+
+Alongside, each slot carries two *gate* flags: whether it becomes constant when its channel's
+BatchNorm gamma is zero (``bn``) or when its producing layer's weight row is zero (``w``). A
+channel whose slots reach a layer ungated cannot be proven dead by that kind of source.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from torch import nn
+
+from .record import Op, Recording, Value
+
+
+@dataclasses.dataclass
+class Slots:
+    """The channel axis of one tensor: elements per position and their gate flags."""
+
+    cdim: int
+    elems: np.ndarray
+    gate_bn: np.ndarray
+    gate_w: np.ndarray
+
+    def take(self, index: np.ndarray) -> "Slots":
+        return Slots(self.cdim, self.elems[index], self.gate_bn[index], self.gate_w[index])
+
+    def with_cdim(self, cdim: int) -> "Slots":
+        return Slots(cdim, self.elems, self.gate_bn, self.gate_w)
+
+
+@dataclasses.dataclass
+class Piece:
+    """``coef * alive(in) * alive(out)`` FLOPs of one layer call (one piece per conv group)."""
+
+    op: int                 # index of the op (for latency: one roofline term per op)
+    layer: str
+    in_elems: np.ndarray
+    out_elems: np.ndarray
+    flops_coef: float       # 2 * rows * spatial_out * kernel
+    size_coef: float        # kernel volume on the first call of the module, 0 on later calls
+    weight_coef: float      # kernel volume (weights are read on every call)
+    fixed_counts: bool      # grouped conv: the regularizer uses the full group counts
+
+
+@dataclasses.dataclass
+class MemTerm:
+    """Activation memory of one op: ``per_channel`` elements for every alive slot."""
+
+    op: int
+    elems: np.ndarray
+    per_channel: float
+
+
+@dataclasses.dataclass
+class LayerInfo:
+    """A width-carrying module (conv, linear): its output channels are elements it owns."""
+
+    name: str
+    kind: str
+    module: nn.Module
+    out_elems: np.ndarray
+    in_elems: np.ndarray | None = None     # slots of its first call's input (later calls are tied to it)
+    calls: int = 0
+
+
+class Builder:
+    """Holds the union-find over elements and everything the rules record."""
+
+    def __init__(self, recording: Recording):
+        self.rec = recording
+        self.parent: list[int] = []
+        self.elem_space: list[str] = []
+        self.frozen: dict[int, str] = {}              # element -> reason (first one wins per class)
+        self.bn_sources: list[tuple[str, int, int]] = []   # (bn module, channel, element)
+        self.slots: dict[int, Slots] = {}             # value id -> channel axis
+        self.pieces: list[Piece] = []
+        self.mem: list[MemTerm] = []
+        self.const_flops: dict[int, float] = {}       # op index -> FLOPs nothing can change
+        self.const_elements: dict[int, float] = {}    # op index -> activation elements nothing can change
+        self.const_size: float = 0.0                  # conv/linear weights no rule understood
+        self.counted_params: set[int] = set()
+        self.consumed: list[tuple[str, Slots]] = []   # (layer, its input) for the gate check
+        self.layers: dict[str, LayerInfo] = {}
+        self.bns: dict[str, np.ndarray] = {}          # bn module -> slots of its first call
+        self.op_index = 0
+        self.op_names: list[str] = []
+
+    # -- elements ----------------------------------------------------------------------------
+    def new_elements(self, n: int, space: str, frozen: str | None = None) -> np.ndarray:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        self.elem_space.extend([space] * n)
+        if frozen:
+            for e in range(start, start + n):
+                self.frozen[e] = frozen
+        return np.arange(start, start + n, dtype=np.int64)
+
+    def find(self, e: int) -> int:
+        parent = self.parent
+        while parent[e] != e:
+            parent[e] = parent[parent[e]]
+            e = parent[e]
+        return e
+
+    def tie(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Tie ``a[i]`` to ``b[i]`` for every i (both must be as long)."""
+        if len(a) != len(b):
+            raise AssertionError(f"cannot tie {len(a)} channels to {len(b)}")
+        for x, y in zip(a.tolist(), b.tolist()):
+            rx, ry = self.find(x), self.find(y)
+            if rx != ry:
+                self.parent[max(rx, ry)] = min(rx, ry)
+
+    def tie_all(self, elems: np.ndarray) -> None:
+        """Tie every element of ``elems`` to every other."""
+        if len(elems) > 1:
+            self.tie(elems[:-1], elems[1:])
+
+    def freeze(self, elems: np.ndarray, reason: str) -> None:
+        for e in elems.tolist():
+            self.frozen.setdefault(e, reason)
+
+    # -- values ------------------------------------------------------------------------------
+    def get(self, obj) -> Slots | None:
+        """The channel axis of an op argument, or None for constants and untracked tensors."""
+        return self.slots.get(obj.id) if isinstance(obj, Value) else None
+
+    def set(self, value: Value, slots: Slots) -> None:
+        assert len(slots.elems) == value.shape[slots.cdim], (value.shape, slots.cdim, len(slots.elems))
+        self.slots[value.id] = slots
+
+    def fresh(self, value: Value, space: str, frozen: str | None) -> None:
+        """Give ``value`` new elements along axis 1 (axis 0 for 1-d values)."""
+        if len(value.shape) == 0:
+            return
+        cdim = 1 if len(value.shape) >= 2 else 0
+        n = value.shape[cdim]
+        elems = self.new_elements(n, space, frozen)
+        off = np.zeros(n, dtype=bool)
+        self.set(value, Slots(cdim, elems, off, off.copy()))
+
+    def memory(self, values: list[Value]) -> None:
+        """Charge the activation memory of ``values`` to the current op."""
+        for v in values:
+            s = self.get(v)
+            numel = float(np.prod(v.shape)) if v.shape else 1.0
+            if s is None or len(s.elems) == 0:
+                self.const_elements[self.op_index] = self.const_elements.get(self.op_index, 0.0) + numel
+            else:
+                self.mem.append(MemTerm(self.op_index, s.elems, numel / len(s.elems)))
+
+    def tensors(self, op: Op) -> list[Value]:
+        """Every tracked Value among an op's arguments (nested lists included)."""
+        found: list[Value] = []
+
+        def walk(x):
+            if isinstance(x, Value):
+                found.append(x)
+            elif isinstance(x, (list, tuple)):
+                for y in x:
+                    walk(y)
+            elif isinstance(x, dict):
+                for y in x.values():
+                    walk(y)
+        walk(op.inputs)
+        walk(op.kwargs)
+        return found
+
+    # -- layers ------------------------------------------------------------------------------
+    def layer(self, op: Op, kind: str, out_channels: int) -> LayerInfo:
+        """The LayerInfo of a conv/linear op's module, created with its output elements on first call."""
+        name = op.module_name
+        info = self.layers.get(name)
+        if info is None:
+            info = LayerInfo(name, kind, op.module, self.new_elements(out_channels, name))
+            self.layers[name] = info
+        info.calls += 1
+        return info

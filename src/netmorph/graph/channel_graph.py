@@ -1,0 +1,238 @@
+"""The channel graph: prunable channels, their groups, and the cost terms that read them.
+
+After the builder has tied elements, every union-find class is one **channel**: the set of tensor
+positions that are kept or removed together. A **group** is a connected set of layers whose channels
+are tied (a residual stage, a depthwise conv and the conv feeding it, a single plain conv); its width
+is its number of channels. Everything else in the library reads this object: costs sum the pieces
+over alive channels, regularizers put ``|gamma|`` or weight norms in place of alive counts, pruning
+and expansion change the widths of groups.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+from torch import nn
+
+from .builder import Builder
+from .record import Recording, record
+from .rules import apply
+
+
+@dataclasses.dataclass
+class Group:
+    """Layers whose channels are tied index by index, and what decides whether they may change."""
+
+    id: int
+    channels: np.ndarray            # class ids, in the order of the first producing layer
+    producers: list[str]            # layers (or inputs / ops) that create these channels
+    batchnorms: list[str]
+    consumers: list[str]            # layers that read them as input
+    frozen: str | None              # why the group may not change (None: it may)
+
+    @property
+    def width(self) -> int:
+        return len(self.channels)
+
+
+@dataclasses.dataclass
+class Layer:
+    """A width-carrying module (conv or linear) and its output channels as class ids."""
+
+    name: str
+    kind: str
+    module: nn.Module
+    out: np.ndarray
+    calls: int
+
+    @property
+    def width(self) -> int:
+        return len(self.out)
+
+
+@dataclasses.dataclass
+class Pieces:
+    """Every FLOPs term ``coef * alive(in) * alive(out)``, as flat arrays (one row per piece)."""
+
+    op: np.ndarray
+    flops: np.ndarray
+    size: np.ndarray
+    weight: np.ndarray
+    fixed: np.ndarray               # grouped conv: regularizer uses full counts
+    in_idx: np.ndarray              # class ids of input slots, all pieces concatenated
+    in_seg: np.ndarray              # piece index of each of them
+    out_idx: np.ndarray
+    out_seg: np.ndarray
+    layer: list[str]
+
+    @property
+    def n_in(self) -> np.ndarray:
+        return np.bincount(self.in_seg, minlength=len(self.op)).astype(float)
+
+    @property
+    def n_out(self) -> np.ndarray:
+        return np.bincount(self.out_seg, minlength=len(self.op)).astype(float)
+
+
+@dataclasses.dataclass
+class ChannelGraph:
+    n_channels: int
+    frozen: list[str | None]                # per channel: why it may not change
+    ungated: dict[str, dict[int, str]]      # family -> channel -> why its source cannot prove it dead
+    group_of: np.ndarray
+    groups: list[Group]
+    layers: dict[str, Layer]
+    bn_sources: dict[str, tuple[np.ndarray, np.ndarray]]   # bn name -> (channel index, class id)
+    pieces: Pieces
+    mem_op: np.ndarray
+    mem_scale: np.ndarray
+    mem_idx: np.ndarray
+    mem_seg: np.ndarray
+    const_flops: np.ndarray                 # per op
+    const_elements: np.ndarray              # per op
+    const_size: float                       # weights of layers no rule understood
+    op_names: list[str]
+    recording: Recording
+
+    @property
+    def n_ops(self) -> int:
+        return len(self.op_names)
+
+    def changeable(self) -> np.ndarray:
+        return np.array([f is None for f in self.frozen], dtype=bool)
+
+
+def build_graph(model: nn.Module, example_inputs, exclude=()) -> ChannelGraph:
+    """Record ``model`` on ``example_inputs`` and return its channel graph.
+
+    ``exclude``: patterns matched in full (``re.fullmatch``) against ``named_modules()`` names; the
+    output channels of every matched module are frozen. A pattern matching nothing is an error.
+    """
+    if isinstance(exclude, str):
+        exclude = (exclude,)
+    rec = record(model, example_inputs)
+    b = Builder(rec)
+    for i, v in enumerate(rec.inputs):
+        b.fresh(v, f"input {i}", f"reaches model input {i}")
+    for op in rec.ops:
+        b.op_names.append(op.module_name or op.name)
+        apply(b, op)
+        b.op_index += 1
+    for v in rec.outputs:
+        s = b.get(v)
+        if s is not None:
+            b.freeze(s.elems, "reaches the model output")
+    names = [n for n, _ in model.named_modules()]
+    for pattern in exclude:
+        matched = [n for n in names if re.fullmatch(pattern, n)]
+        if not matched:
+            raise ValueError(f"exclude pattern {pattern!r} matches no module of {type(model).__name__}; "
+                             f"module names look like: {', '.join(n for n in names[1:6] if n)}")
+        for name in matched:
+            for v in rec.module_outputs.get(name, []):
+                s = b.get(v)
+                if s is not None:
+                    b.freeze(s.elems, f"excluded by the user ('{name}' matches {pattern!r})")
+    return _finalize(b)
+
+
+def _finalize(b: Builder) -> ChannelGraph:
+    n_elem = len(b.parent)
+    roots = np.array([b.find(e) for e in range(n_elem)], dtype=np.int64)
+    uniq, cls = np.unique(roots, return_inverse=True)
+    n = len(uniq)
+    frozen: list[str | None] = [None] * n
+    for e, reason in sorted(b.frozen.items()):
+        if frozen[cls[e]] is None:
+            frozen[cls[e]] = reason
+
+    ungated: dict[str, dict[int, str]] = {"gamma": {}, "weight": {}}
+    for layer, s in b.consumed:
+        c = cls[s.elems]
+        for family, gate in (("gamma", s.gate_bn), ("weight", s.gate_w)):
+            for k in np.unique(c[~gate]).tolist():
+                what = "a BatchNorm" if family == "gamma" else "a layer whose weights could zero it"
+                ungated[family].setdefault(k, f"reaches '{layer}' without passing {what}")
+
+    # groups: connect the spaces (producers) whose channels share a class
+    spaces = sorted(set(b.elem_space), key=b.elem_space.index)
+    sid = {s: i for i, s in enumerate(spaces)}
+    parent = list(range(len(spaces)))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+    first_space_of_class = {}
+    for e in range(n_elem):
+        k, sp = cls[e], sid[b.elem_space[e]]
+        if k in first_space_of_class:
+            ra, rb = find(first_space_of_class[k]), find(sp)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+        else:
+            first_space_of_class[k] = sp
+    comp = {}
+    group_of = np.zeros(n, dtype=np.int64)
+    order: list[list[int]] = []
+    seen: set[int] = set()
+    for e in range(n_elem):
+        root = find(sid[b.elem_space[e]])
+        if root not in comp:
+            comp[root] = len(order)
+            order.append([])
+        g = comp[root]
+        k = cls[e]
+        if k not in seen:
+            seen.add(k)
+            order[g].append(k)
+        group_of[k] = g
+    groups = []
+    for g, chans in enumerate(order):
+        chans_arr = np.array(chans, dtype=np.int64)
+        producers = [s for s in spaces if comp[find(sid[s])] == g]
+        reason = next((frozen[k] for k in chans if frozen[k] is not None), None)
+        groups.append(Group(g, chans_arr, producers, [], [], reason))
+    bn_sources = {}
+    by_bn: dict[str, list[tuple[int, int]]] = {}
+    for name, ch, e in b.bn_sources:
+        by_bn.setdefault(name, []).append((ch, cls[e]))
+    for name, pairs in by_bn.items():
+        arr = np.array(pairs, dtype=np.int64)
+        bn_sources[name] = (arr[:, 0], arr[:, 1])
+        for g in np.unique(group_of[arr[:, 1]]).tolist():
+            groups[g].batchnorms.append(name)
+    for layer, s in b.consumed:
+        for g in np.unique(group_of[cls[s.elems]]).tolist():
+            if layer not in groups[g].consumers:
+                groups[g].consumers.append(layer)
+
+    layers = {name: Layer(name, info.kind, info.module, cls[info.out_elems], info.calls)
+              for name, info in b.layers.items()}
+    p = b.pieces
+    pieces = Pieces(
+        op=np.array([x.op for x in p], dtype=np.int64),
+        flops=np.array([x.flops_coef for x in p]), size=np.array([x.size_coef for x in p]),
+        weight=np.array([x.weight_coef for x in p]), fixed=np.array([x.fixed_counts for x in p], dtype=bool),
+        in_idx=cls[np.concatenate([x.in_elems for x in p])] if p else np.zeros(0, np.int64),
+        in_seg=np.repeat(np.arange(len(p)), [len(x.in_elems) for x in p]),
+        out_idx=cls[np.concatenate([x.out_elems for x in p])] if p else np.zeros(0, np.int64),
+        out_seg=np.repeat(np.arange(len(p)), [len(x.out_elems) for x in p]),
+        layer=[x.layer for x in p])
+    m = b.mem
+    n_ops = len(b.op_names)
+    return ChannelGraph(
+        n_channels=n, frozen=frozen, ungated=ungated, group_of=group_of, groups=groups, layers=layers,
+        bn_sources=bn_sources, pieces=pieces,
+        mem_op=np.array([t.op for t in m], dtype=np.int64), mem_scale=np.array([t.per_channel for t in m]),
+        mem_idx=cls[np.concatenate([t.elems for t in m])] if m else np.zeros(0, np.int64),
+        mem_seg=np.repeat(np.arange(len(m)), [len(t.elems) for t in m]),
+        const_flops=np.bincount(np.array(list(b.const_flops), dtype=np.int64),
+                                weights=np.array(list(b.const_flops.values())), minlength=n_ops)
+        if b.const_flops else np.zeros(n_ops),
+        const_elements=np.bincount(np.array(list(b.const_elements), dtype=np.int64),
+                                   weights=np.array(list(b.const_elements.values())), minlength=n_ops)
+        if b.const_elements else np.zeros(n_ops),
+        const_size=b.const_size, op_names=b.op_names, recording=b.rec)

@@ -1,0 +1,238 @@
+"""Record one eager forward pass of a model as a flat list of ops.
+
+Why eager recording rather than ``torch.fx`` or ``torch.export``: both fail on data-dependent
+control flow, and fx also on shape checks, which users' own models are full of. Recording the
+forward that really runs follows every branch the example inputs take and needs no change to the
+user's code.
+
+How: forward hooks on every submodule plus a ``TorchFunctionMode``. Modules with a layer rule
+(convolutions, linear layers, batch norms: see :data:`LAYER_TYPES`) are recorded as one op each and
+everything they call inside is hidden; every other torch function called outside such a layer
+(``F.relu``, ``x + y``, ``torch.cat``, ``x.view``...) is recorded as a function op. A
+``FlopCounterMode`` runs underneath, so every op also carries the FLOPs torch itself counted for it
+(used as the constant cost of ops the channel graph does not understand).
+
+The model runs in eval mode with gradients enabled (under ``no_grad`` fused attention kernels hide
+their matrix products), and leaves no trace: train/eval flags, buffers (BN statistics) and the RNG
+state are restored afterwards.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils.flop_counter import FlopCounterMode
+
+#: Module types recorded as one op (when their ``forward`` is not overridden).
+LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+class GraphRecordError(RuntimeError):
+    """The model could not be run and recorded on the example inputs."""
+
+
+@dataclasses.dataclass(eq=False)
+class Value:
+    """One tensor seen during the forward pass (a new Value after every in-place op)."""
+
+    id: int
+    shape: tuple[int, ...]
+
+
+@dataclasses.dataclass(eq=False)
+class Op:
+    """One recorded call: a layer module (``module`` set) or a torch function."""
+
+    name: str                     # normalized function name, or the layer's class name
+    scope: str                    # name of the innermost module running when it was called
+    inputs: list[Any]             # args with tensors replaced by Values (parameters stay Parameters)
+    kwargs: dict[str, Any]
+    outputs: list[Value]
+    measured_flops: int
+    module: nn.Module | None = None
+    module_name: str | None = None
+    raw_name: str = ""
+
+
+@dataclasses.dataclass
+class Recording:
+    inputs: list[Value]
+    outputs: list[Value]
+    ops: list[Op]
+    module_names: dict[int, str]      # id(module) -> first name in named_modules()
+    param_owner: dict[int, str]       # id(parameter) -> "module.param"
+    module_outputs: dict[str, list[Value]]  # module name -> Values it returned (every call)
+
+
+def _is_layer(module: nn.Module) -> bool:
+    return isinstance(module, LAYER_TYPES) and type(module).forward in {t.forward for t in LAYER_TYPES}
+
+
+def normalize_name(func: Any) -> str:
+    """``Tensor.__iadd__``/``add_``/``torch.add`` -> ``add``; ``__rsub__`` -> ``rsub``."""
+    name = getattr(func, "__name__", None) or str(func)
+    if name.startswith("__") and name.endswith("__"):
+        name = name[2:-2]
+        if name.startswith("i") and name[1:] in {"add", "sub", "mul", "truediv", "div"}:
+            name = name[1:]
+    name = name.lstrip("_")
+    if name.endswith("_") and not name.endswith("__"):
+        name = name[:-1]
+    return {"truediv": "div", "rtruediv": "rdiv", "concat": "cat", "concatenate": "cat"}.get(name, name)
+
+
+class _Recorder(TorchFunctionMode):
+    def __init__(self, model: nn.Module, flops: FlopCounterMode):
+        super().__init__()
+        self.flops = flops
+        self.values: dict[int, Value] = {}
+        self.keep: list[torch.Tensor] = []        # strong references: ids must not be reused
+        self.ops: list[Op] = []
+        self.hidden = 0                           # >0 while inside a recorded layer
+        self.stack: list[str] = [""]
+        self.pending: list[tuple[list[Any], int]] = []
+        self.module_names = {}
+        for name, m in model.named_modules():
+            self.module_names.setdefault(id(m), name)
+        self.param_owner = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            self.param_owner.setdefault(id(p), name)
+        self.last_call = "forward"
+        self.module_outputs: dict[str, list[Value]] = {}
+
+    # -- values ------------------------------------------------------------------------------
+    def new_value(self, t: torch.Tensor) -> Value:
+        v = Value(len(self.keep), tuple(t.shape))
+        self.keep.append(t)
+        self.values[id(t)] = v
+        return v
+
+    def wrap(self, obj: Any) -> Any:
+        """Replace tensors seen before by their Values; keep parameters and constants as they are."""
+        if isinstance(obj, torch.Tensor):
+            if isinstance(obj, nn.Parameter) or id(obj) in self.param_owner:
+                return obj
+            return self.values.get(id(obj), obj)
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(self.wrap(o) for o in obj) if not hasattr(obj, "_fields") else obj
+        if isinstance(obj, dict):
+            return {k: self.wrap(o) for k, o in obj.items()}
+        return obj
+
+    def outputs(self, out: Any) -> list[Value]:
+        return [self.new_value(t) for t in flatten_tensors(out)]
+
+    # -- function calls ----------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = normalize_name(func)
+        self.last_call = name
+        if self.hidden:
+            return func(*args, **kwargs)
+        before = self.flops.get_total_flops()
+        wrapped_args, wrapped_kwargs = self.wrap(list(args)), self.wrap(kwargs)
+        out = func(*args, **kwargs)
+        if not any(True for _ in flatten_tensors(out)):
+            return out                            # sizes, dtypes, bools: no value flows
+        self.ops.append(Op(name, self.stack[-1], wrapped_args, wrapped_kwargs, self.outputs(out),
+                           self.flops.get_total_flops() - before, raw_name=getattr(func, "__name__", "")))
+        return out
+
+    # -- module hooks ------------------------------------------------------------------------
+    def pre_hook(self, module, args):
+        name = self.module_names.get(id(module), type(module).__name__)
+        self.stack.append(name)
+        if _is_layer(module):
+            if not self.hidden:
+                with torch._C.DisableTorchFunction():
+                    self.pending.append((self.wrap(list(args)), self.flops.get_total_flops()))
+            self.hidden += 1
+
+    def post_hook(self, module, args, out):
+        name = self.stack.pop()
+        self.module_outputs.setdefault(name, []).extend(
+            self.values[id(t)] for t in flatten_tensors(out) if id(t) in self.values and not _is_layer(module))
+        if _is_layer(module):
+            self.hidden -= 1
+            if not self.hidden:
+                with torch._C.DisableTorchFunction():
+                    inputs, before = self.pending.pop()
+                    self.ops.append(Op(type(module).__name__, self.stack[-1], inputs, {}, self.outputs(out),
+                                       self.flops.get_total_flops() - before, module, name,
+                                       type(module).__name__))
+                    self.module_outputs.setdefault(name, []).extend(self.ops[-1].outputs)
+
+
+def flatten_tensors(obj: Any):
+    """Yield the tensors inside nested tuples, lists and dicts, in order."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from flatten_tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from flatten_tensors(o)
+
+
+def as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    """Accept a tensor or a tuple/list of tensors; refuse anything else with a clear message."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(
+            isinstance(t, torch.Tensor) for t in example_inputs):
+        return tuple(example_inputs)
+    raise TypeError("example_inputs must be a tensor or a non-empty tuple of tensors "
+                    f"(got {type(example_inputs).__name__}); pass e.g. torch.randn(1, 3, 32, 32)")
+
+
+def record(model: nn.Module, example_inputs: Any) -> Recording:
+    """Run ``model(*example_inputs)`` once and return what it did, leaving the model as it was."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    inputs = as_input_tuple(example_inputs)
+    modes = {m: m.training for m in model.modules()}
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    flops = FlopCounterMode(display=False)
+    rec = _Recorder(model, flops)
+    handles = []
+    for m in model.modules():
+        handles.append(m.register_forward_pre_hook(rec.pre_hook))
+        handles.append(m.register_forward_hook(rec.post_hook))
+    devices = [t.device for t in inputs if t.device.type != "cpu"]
+    try:
+        model.eval()
+        with torch.random.fork_rng(devices=devices), torch.enable_grad(), flops, rec:
+            in_values = [rec.new_value(t) for t in inputs]
+            try:
+                out = model(*inputs)
+            except Exception as exc:  # noqa: BLE001 - re-raised with context
+                where = rec.stack[-1] or "<top level>"
+                kind = type(_find_module(model, where)).__name__ if where != "<top level>" else type(model).__name__
+                raise GraphRecordError(
+                    f"could not record the forward pass of {type(model).__name__}: it failed in module "
+                    f"'{where}' ({kind}) at op '{rec.last_call}': {type(exc).__name__}: {exc}. "
+                    "Check that the example inputs have the shape and dtype the model expects.") from exc
+            out_values = [rec.values[id(t)] for t in flatten_tensors(out) if id(t) in rec.values]
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes.items():
+            m.training = training
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+    if not out_values:
+        raise GraphRecordError(f"{type(model).__name__} returned no tensor computed from its inputs; "
+                               "the model must return a tensor, a tuple or a dict of tensors")
+    return Recording(in_values, out_values, rec.ops, rec.module_names, rec.param_owner, rec.module_outputs)
+
+
+def _find_module(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return model

@@ -1,0 +1,37 @@
+"""One small rule per op kind: how an op ties, creates or freezes channels.
+
+A rule is a function ``rule(builder, op) -> bool``. It reads the channel axes of the op's inputs
+(``builder.get``), gives its outputs theirs (``builder.set``), ties elements that must change
+together, records FLOPs pieces and activation memory, and returns True. A rule that finds its op
+outside what it can prove sound returns False *before changing anything*; the op is then handled
+by :func:`unknown.freeze_op`, which freezes every channel it touches.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from . import batchnorm, binary, cat, conv, linear, pointwise, pool, reduce, reshape, unknown
+
+LAYER_RULES = {
+    nn.Conv1d: conv.conv, nn.Conv2d: conv.conv, nn.Conv3d: conv.conv,
+    nn.Linear: linear.linear,
+    nn.BatchNorm1d: batchnorm.batchnorm, nn.BatchNorm2d: batchnorm.batchnorm,
+    nn.BatchNorm3d: batchnorm.batchnorm,
+}
+
+FUNCTION_RULES = {}
+for _module in (binary, cat, pointwise, pool, reduce, reshape):
+    for _name in _module.NAMES:
+        FUNCTION_RULES[_name] = _module.rule
+
+
+def apply(builder, op) -> None:
+    """Apply the op's rule, or freeze what it touches when there is none or it declines."""
+    rule = LAYER_RULES.get(type(op.module)) if op.module is not None else FUNCTION_RULES.get(op.name)
+    if rule is None or not rule(builder, op):
+        unknown.freeze_op(builder, op, "no rule for this op" if rule is None else "outside what the rule can prove safe")
+
+
+def supported_ops() -> list[str]:
+    """Names of the function ops and layer types that have a rule."""
+    return sorted(FUNCTION_RULES) + sorted(t.__name__ for t in LAYER_RULES)
