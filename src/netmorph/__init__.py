@@ -1,7 +1,20 @@
-"""netmorph: learn the channel structure of your own PyTorch network under a resource budget."""
-from .costs import HARDWARE, Hardware, count_flops, count_params
-from .graph import ChannelGraph, GraphRecordError, build_graph
+"""netmorph: learn the channel structure of your own PyTorch network under a resource budget.
 
-__all__ = ["HARDWARE", "Hardware", "count_flops", "count_params", "ChannelGraph", "GraphRecordError",
-           "build_graph"]
+The central object is the channel graph (:func:`build_graph`): the groups of channels a model's
+topology ties together. Costs, regularizers, pruning, expansion and search all read it.
+"""
+from .costs import HARDWARE, RESOURCES, Hardware, count_flops, count_params
+from .explain import explain
+from .graph import ChannelGraph, GraphRecordError, build_graph
+from .regularizers import (GammaFlopsRegularizer, GammaLatencyRegularizer, GammaModelSizeRegularizer,
+                           GroupLassoFlopsRegularizer, GroupLassoLatencyRegularizer,
+                           GroupLassoModelSizeRegularizer)
+from .structure import Structure
+
+__all__ = [
+    "HARDWARE", "RESOURCES", "Hardware", "count_flops", "count_params", "explain", "ChannelGraph",
+    "GraphRecordError", "build_graph", "Structure",
+    "GammaFlopsRegularizer", "GammaModelSizeRegularizer", "GammaLatencyRegularizer",
+    "GroupLassoFlopsRegularizer", "GroupLassoModelSizeRegularizer", "GroupLassoLatencyRegularizer",
+]
 __version__ = "0.1.0"

@@ -1,0 +1,65 @@
+"""``explain``: what the channel graph saw, in words a user can act on."""
+from __future__ import annotations
+
+import numpy as np
+from torch import nn
+
+from .costs import count_params, piece_counts
+from .graph import ChannelGraph, build_graph
+
+
+def _source(graph: ChannelGraph, group) -> str:
+    ch = group.channels
+    if group.batchnorms:
+        gated = [k for k in ch.tolist() if k in graph.ungated["gamma"]]
+        note = "" if not gated else f"; {len(gated)} channel(s) not provable by gamma: {graph.ungated['gamma'][gated[0]]}"
+        return f"BatchNorm gamma of {', '.join(group.batchnorms)}{note}"
+    layers = [n for n in group.producers if n in graph.layers]
+    if layers:
+        return f"weight norms of {', '.join(layers)} (no BatchNorm: use a GroupLasso regularizer)"
+    return "none (always alive)"
+
+
+def explain(model: nn.Module, example_inputs, exclude=()) -> str:
+    """Text listing every channel group (members, width, source of aliveness, frozen or not and
+    why) and every layer's share of the FLOPs and parameters, for ``model(*example_inputs)``."""
+    graph = build_graph(model, example_inputs, exclude)
+    alive = np.ones(graph.n_channels, dtype=bool)
+    p = graph.pieces
+    a_in, a_out = piece_counts(graph, alive)
+    flops_by_layer: dict[str, float] = {}
+    for name, f in zip(p.layer, p.flops * a_in * a_out):
+        flops_by_layer[name] = flops_by_layer.get(name, 0.0) + f
+    total_flops = float((p.flops * a_in * a_out).sum() + graph.const_flops.sum())
+    total_params = count_params(model)
+    lines = [f"{type(model).__name__}: {total_flops:,.0f} FLOPs, {total_params:,} parameters, "
+             f"{len(graph.groups)} channel groups, "
+             f"{int(graph.changeable().sum())} of {graph.n_channels} channels changeable", ""]
+    lines.append("Groups")
+    for g in graph.groups:
+        status = "changeable" if g.frozen is None else f"FROZEN: {g.frozen}"
+        lines.append(f"  [{g.id}] width {g.width}  {status}")
+        lines.append(f"      produced by: {', '.join(g.producers)}")
+        if g.batchnorms:
+            lines.append(f"      batchnorms:  {', '.join(g.batchnorms)}")
+        if g.consumers:
+            lines.append(f"      read by:     {', '.join(g.consumers)}")
+        if g.frozen is None:
+            lines.append(f"      alive by:    {_source(graph, g)}")
+    lines += ["", "Layers"]
+    rows = [("layer", "kind", "width", "FLOPs", "FLOPs %", "params", "params %")]
+    for name, layer in graph.layers.items():
+        n_params = sum(q.numel() for q in layer.module.parameters(recurse=False))
+        f = flops_by_layer.get(name, 0.0)
+        rows.append((name, layer.kind, str(layer.width), f"{f:,.0f}", f"{100 * f / max(total_flops, 1):.1f}",
+                     f"{n_params:,}", f"{100 * n_params / max(total_params, 1):.1f}"))
+    const = float(graph.const_flops.sum())
+    if const:
+        rows.append(("(ops without a rule)", "-", "-", f"{const:,.0f}", f"{100 * const / total_flops:.1f}", "-", "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        lines.append("  " + "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    frozen_by = sorted({g.frozen for g in graph.groups if g.frozen})
+    if frozen_by:
+        lines += ["", "Why channels are frozen"] + [f"  - {r}" for r in frozen_by]
+    return "\n".join(lines)

@@ -1,0 +1,275 @@
+"""MorphNet's resource-weighted sparsifying regularizers (METHODS.md 1.3–1.5).
+
+``loss()`` is Eq. 9–10 summed over every FLOPs piece of the channel graph::
+
+    G = sum_L C_L * (alive_in_L * sum |gamma_out_L| + alive_out_L * sum |gamma_in_L|)
+
+where ``|gamma|`` of a channel is the element-wise **max** over its members (the BatchNorm gammas
+tied to it, or the weight-row norms of the layers producing it) and a channel is alive if that
+max exceeds the threshold. Alive counts carry no gradient; the gradient flows only through the
+``|gamma|`` sums. Since every term is linear in the per-channel values, the loss is computed as one
+dot product ``sum_j r_j * w_j`` with the weights ``w`` derived from the alive counts (recomputed
+only when the set of alive channels changes), which keeps it cheap inside a training step.
+
+Channels that are frozen (model inputs and outputs, unknown ops, ``exclude``), or whose source
+cannot prove them dead (they reach a layer without passing a BatchNorm, for the Gamma family), carry
+no regularizer and are always alive.
+
+Making dead channels reliably dead: with plain SGD an L1 term makes ``|gamma|`` hover around
+``lr * strength * w`` instead of reaching zero. Train with the task loss only and call
+:meth:`proximal_step` after each ``optimizer.step()`` (proximal gradient descent): for the Gamma
+family it applies the exact proximal operator of ``lr * strength * w_j * max_k |gamma_jk|`` to each
+channel's members, which sets a channel's gammas to exactly zero once the pull outweighs them.
+Exclude :meth:`source_parameters` from weight decay (decay also pulls towards zero, but uniformly,
+not weighted by cost, and it keeps fighting the task loss once the regularizer has decided).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .costs import check_resource, evaluate, get_hardware, op_bytes, op_flops, piece_counts
+from .graph import build_graph
+from .structure import Structure
+
+
+class _Regularizer:
+    family = ""          # "gamma" or "weight"
+    resource = ""
+
+    def __init__(self, model: nn.Module, example_inputs, *, threshold: float, exclude=(), hardware=None):
+        check_resource(self.resource)
+        if not threshold >= 0:
+            raise ValueError(f"threshold must be >= 0, got {threshold}")
+        self.model = model
+        self.threshold = float(threshold)
+        self.hardware = get_hardware(hardware if hardware is not None else "V100") \
+            if self.resource == "latency" else None
+        if hardware is not None and self.resource != "latency":
+            raise ValueError(f"hardware is only used by latency regularizers, not {type(self).__name__}")
+        self.graph = build_graph(model, example_inputs, exclude)
+        self._sources = self._find_sources()
+        if not self._sources:
+            raise ValueError(self._no_source_message())
+        g = self.graph
+        covered = np.zeros(g.n_channels, dtype=bool)
+        for _, cls in self._sources:
+            covered[cls] = True
+        ungated = np.zeros(g.n_channels, dtype=bool)
+        ungated[list(g.ungated[self.family])] = True
+        #: channels that carry a regularizer (the rest are always alive)
+        self.regularized = covered & g.changeable() & ~ungated
+        self._index = torch.as_tensor(np.concatenate([cls for _, cls in self._sources]))
+        self._cached_key = None
+        self._cached_w = None
+
+    # -- per-channel values ------------------------------------------------------------------
+    def _find_sources(self) -> list[tuple[nn.Module, np.ndarray]]:
+        raise NotImplementedError
+
+    def _source_values(self) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def channel_values(self) -> torch.Tensor:
+        """Per channel: the max over its members of ``|gamma|`` (or weight norm); 0 where unregularized."""
+        vals = torch.cat(self._source_values())
+        index = self._index.to(vals.device)
+        out = torch.zeros(self.graph.n_channels, dtype=vals.dtype, device=vals.device)
+        out = out.scatter_reduce(0, index, vals, "amax", include_self=True)
+        return out * torch.as_tensor(self.regularized, device=vals.device, dtype=vals.dtype)
+
+    def alive(self) -> np.ndarray:
+        """Alive channels (bool per channel) of the network :func:`netmorph.prune` would build.
+
+        A channel is alive if its value exceeds the threshold or it carries no regularizer. A group
+        whose every channel is dead keeps its strongest one (a layer is never left without channels).
+        """
+        with torch.no_grad():
+            values = self.channel_values().detach().cpu().double().numpy()
+        alive = (values > self.threshold) | ~self.regularized
+        for group in self.graph.groups:
+            ch = group.channels
+            if len(ch) and not alive[ch].any():
+                alive[ch[np.argmax(values[ch])]] = True
+        return alive
+
+    # -- the three public readings -----------------------------------------------------------
+    def loss(self) -> torch.Tensor:
+        """The differentiable regularizer value (a 0-dim tensor); add ``strength * loss()`` to the task loss."""
+        values = self.channel_values()
+        return (values * self._weights(values).to(values.dtype)).sum()
+
+    def cost(self) -> float:
+        """The resource (FLOPs, weights or ns) of the network that keeps exactly the alive channels."""
+        return evaluate(self.graph, self.alive(), self.resource, self.hardware)
+
+    def structure(self) -> Structure:
+        """Alive output channels of every conv/linear layer, with their original widths."""
+        alive = self.alive()
+        return Structure({n: int(alive[l.out].sum()) for n, l in self.graph.layers.items()},
+                         original={n: l.width for n, l in self.graph.layers.items()})
+
+    def source_parameters(self) -> list[nn.Parameter]:
+        """The parameters this regularizer reads (exclude them from weight decay)."""
+        return [m.weight for m, _ in self._sources]
+
+    # -- gradient weights --------------------------------------------------------------------
+    def _weights(self, values: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            alive = ((values.detach() > self.threshold).cpu().numpy() | ~self.regularized)
+        key = alive.tobytes()
+        if key != self._cached_key:
+            self._cached_key, self._cached_w = key, torch.as_tensor(self.channel_weights(alive))
+        return self._cached_w.to(values.device)
+
+    def channel_weights(self, alive: np.ndarray) -> np.ndarray:
+        """``w_j``: the derivative of the loss with respect to channel j's value, for fixed alive counts."""
+        g, p = self.graph, self.graph.pieces
+        a_in, a_out = piece_counts(g, alive)
+        a_in = np.where(p.fixed, p.n_in, a_in)
+        a_out = np.where(p.fixed, p.n_out, a_out)
+        if self.resource == "flops":
+            coef, mem = p.flops, np.zeros(len(g.mem_op))
+        elif self.resource == "size":
+            coef, mem = p.size, np.zeros(len(g.mem_op))
+        else:
+            hw = self.hardware
+            compute_bound = op_flops(g, alive) / hw.peak_gflops >= op_bytes(g, alive, hw.bytes_per_element) / hw.bandwidth_gbs
+            mem_coef = hw.bytes_per_element / hw.bandwidth_gbs
+            coef = np.where(compute_bound[p.op], p.flops / hw.peak_gflops, p.weight * mem_coef)
+            mem = np.where(compute_bound[g.mem_op], 0.0, g.mem_scale * mem_coef)
+        n = g.n_channels
+        return (np.bincount(p.in_idx, weights=(coef * a_out)[p.in_seg], minlength=n)
+                + np.bincount(p.out_idx, weights=(coef * a_in)[p.out_seg], minlength=n)
+                + np.bincount(g.mem_idx, weights=mem[g.mem_seg], minlength=n))
+
+    # -- proximal step -----------------------------------------------------------------------
+    @torch.no_grad()
+    def proximal_step(self, lr: float, strength: float) -> None:
+        """Apply the proximal operator of ``lr * strength * loss()`` to the source parameters.
+
+        Use it *instead of* adding ``strength * loss()`` to the objective, right after each
+        ``optimizer.step()`` with that step's learning rate.
+        """
+        raise NotImplementedError
+
+    def _no_source_message(self) -> str:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(channels={self.graph.n_channels}, "
+                f"regularized={int(self.regularized.sum())}, threshold={self.threshold})")
+
+
+class _Gamma(_Regularizer):
+    family = "gamma"
+
+    def __init__(self, model, example_inputs, gamma_threshold: float = 1e-3, exclude=(), **kw):
+        super().__init__(model, example_inputs, threshold=gamma_threshold, exclude=exclude, **kw)
+
+    def _find_sources(self):
+        return [(self.model.get_submodule(name), cls) for name, (_, cls) in self.graph.bn_sources.items()]
+
+    def _source_values(self):
+        return [m.weight.abs() for m, _ in self._sources]
+
+    def _no_source_message(self):
+        return (f"{type(self).__name__} needs BatchNorm layers with affine weights, and "
+                f"{type(self.model).__name__} has none that the channel graph could use; use "
+                f"{type(self).__name__.replace('Gamma', 'GroupLasso')} instead (it regularizes weight norms)")
+
+    @torch.no_grad()
+    def proximal_step(self, lr: float, strength: float) -> None:
+        t_channel = lr * strength * self.channel_weights(self.alive()) * self.regularized
+        flat = torch.cat([m.weight.detach().double().cpu() for m, _ in self._sources]).numpy()
+        index = self._index.numpy()
+        new = _prox_max_norm(np.abs(flat), index, t_channel) * np.sign(flat)
+        start = 0
+        for m, _ in self._sources:
+            n = m.weight.numel()
+            m.weight.copy_(torch.as_tensor(new[start:start + n]).to(m.weight))
+            start += n
+
+
+def _prox_max_norm(v: np.ndarray, index: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Per channel k: the prox of ``t_k * max(v)`` over the members ``v`` (``index == k``), v >= 0.
+
+    It clips every member to a level theta where ``sum(max(v - theta, 0)) = t_k``; when
+    ``sum(v) <= t_k`` all members become 0.
+    """
+    out = v.copy()
+    order = np.lexsort((-v, index))
+    vs, ks = v[order], index[order]
+    starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+    for s, e in zip(starts, np.r_[starts[1:], len(vs)]):
+        k, u = ks[s], vs[s:e]
+        if t[k] <= 0:
+            continue
+        if u.sum() <= t[k]:
+            out[order[s:e]] = 0.0
+            continue
+        css = np.cumsum(u)
+        j = np.arange(1, len(u) + 1)
+        rho = np.flatnonzero(u - (css - t[k]) / j > 0)[-1]
+        theta = (css[rho] - t[k]) / (rho + 1)
+        out[order[s:e]] = np.minimum(u, theta)
+    return out
+
+
+class _GroupLasso(_Regularizer):
+    family = "weight"
+
+    def __init__(self, model, example_inputs, threshold: float = 1e-2, l1_fraction: float = 0.0,
+                 exclude=(), **kw):
+        if not 0.0 <= l1_fraction <= 1.0:
+            raise ValueError(f"l1_fraction must be in [0, 1], got {l1_fraction}")
+        self.l1_fraction = float(l1_fraction)
+        super().__init__(model, example_inputs, threshold=threshold, exclude=exclude, **kw)
+
+    def _find_sources(self):
+        return [(layer.module, layer.out) for layer in self.graph.layers.values()]
+
+    def _source_values(self):
+        vals = []
+        for m, _ in self._sources:
+            w = m.weight.flatten(1)
+            n = w.shape[1]
+            rms = torch.linalg.vector_norm(w, dim=1) / n ** 0.5
+            vals.append((1 - self.l1_fraction) * rms + self.l1_fraction * w.abs().mean(1)
+                        if self.l1_fraction else rms)
+        return vals
+
+    def _no_source_message(self):
+        return f"{type(self.model).__name__} has no convolution or linear layer the channel graph could use"
+
+    @torch.no_grad()
+    def proximal_step(self, lr: float, strength: float) -> None:
+        """Block soft-threshold of each member's weight row (tied members are shrunk one by one,
+        the proximal operator of the sum over members, a slight over-pull compared to the max)."""
+        t_channel = torch.as_tensor(lr * strength * self.channel_weights(self.alive()) * self.regularized)
+        for m, cls in self._sources:
+            w = m.weight.view(m.weight.shape[0], -1)
+            n = w.shape[1]
+            t = t_channel[torch.as_tensor(cls)].to(w)[:, None]
+            if self.l1_fraction:
+                w.copy_(w.sign() * (w.abs() - t * self.l1_fraction / n).clamp_min(0))
+            norm = torch.linalg.vector_norm(w, dim=1, keepdim=True)
+            scale = (1 - t * (1 - self.l1_fraction) / (n ** 0.5 * norm.clamp_min(1e-30))).clamp_min(0)
+            w.mul_(scale)
+
+
+def _make(base, resource, doc):
+    cls = type(f"{'Gamma' if base is _Gamma else 'GroupLasso'}{doc}Regularizer", (base,), {"resource": resource})
+    cls.__doc__ = (f"MorphNet {resource} regularizer on "
+                   f"{'BatchNorm gammas' if base is _Gamma else 'group-lasso weight norms'}.")
+    cls.__module__ = __name__
+    return cls
+
+
+GammaFlopsRegularizer = _make(_Gamma, "flops", "Flops")
+GammaModelSizeRegularizer = _make(_Gamma, "size", "ModelSize")
+GammaLatencyRegularizer = _make(_Gamma, "latency", "Latency")
+GroupLassoFlopsRegularizer = _make(_GroupLasso, "flops", "Flops")
+GroupLassoModelSizeRegularizer = _make(_GroupLasso, "size", "ModelSize")
+GroupLassoLatencyRegularizer = _make(_GroupLasso, "latency", "Latency")

@@ -1,0 +1,87 @@
+"""Structure: the output width of every width-carrying layer, by module name.
+
+A ``Structure`` is what MorphNet learns and what expansion and pruning consume: a read-only mapping
+``layer name -> output channels``, optionally with the original widths beside it (for tables and
+plots). It saves to and loads from JSON. A ``module.`` prefix (DDP, DataParallel) is dropped from
+names, so a structure learned under a wrapper applies to the bare model.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+
+def _strip(name: str) -> str:
+    return name[len("module."):] if name.startswith("module.") else name
+
+
+class Structure(Mapping):
+    """Read-only ``{layer name: width}``; ``original`` holds the widths it was learned from."""
+
+    def __init__(self, widths: Mapping[str, int], original: Mapping[str, int] | None = None):
+        self._widths = {}
+        for name, width in widths.items():
+            if not isinstance(width, int) or isinstance(width, bool) or width < 0:
+                raise ValueError(f"width of layer {name!r} must be a non-negative integer, got {width!r}")
+            self._widths[_strip(str(name))] = width
+        self.original = {_strip(str(k)): int(v) for k, v in (original or {}).items()}
+
+    def __getitem__(self, name: str) -> int:
+        return self._widths[_strip(name)]
+
+    def __iter__(self):
+        return iter(self._widths)
+
+    def __len__(self) -> int:
+        return len(self._widths)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Mapping) and dict(self.items()) == {_strip(k): v for k, v in other.items()}
+
+    def __repr__(self) -> str:
+        return f"Structure({self._widths})"
+
+    # -- JSON --------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"format": "netmorph.structure/1", "widths": dict(self._widths), "original": dict(self.original)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "Structure":
+        if "widths" not in data:
+            raise ValueError("not a netmorph structure: the JSON has no 'widths' object")
+        return cls(data["widths"], data.get("original") or None)
+
+    def save(self, path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path) -> "Structure":
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"structure file {path} does not exist") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"structure file {path} is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    # -- reading -----------------------------------------------------------------------------
+    def table(self) -> str:
+        """A text table: layer, original width, width, and the fraction kept."""
+        rows = [("layer", "original", "width", "kept")]
+        for name, width in self._widths.items():
+            orig = self.original.get(name)
+            kept = f"{width / orig:.0%}" if orig else "-"
+            rows.append((name, "-" if orig is None else str(orig), str(width), kept))
+        total_o = sum(self.original.get(n, 0) for n in self._widths)
+        total = sum(self._widths.values())
+        rows.append(("total", str(total_o) if self.original else "-", str(total),
+                     f"{total / total_o:.0%}" if self.original and total_o else "-"))
+        w = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = [f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:>{w[2]}}  {r[3]:>{w[3]}}" for r in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        lines.insert(len(lines) - 1, "-" * len(lines[0]))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
