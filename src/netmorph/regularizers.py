@@ -86,8 +86,9 @@ class _Regularizer:
         whose every channel is dead keeps its strongest one (a layer is never left without channels).
         """
         with torch.no_grad():
-            values = self.channel_values().detach().cpu().double().numpy()
-        alive = (values > self.threshold) | ~self.regularized
+            values = self.channel_values().detach().cpu()
+        alive = (values > self.threshold).numpy() | ~self.regularized   # compared in the gammas' dtype
+        values = values.double().numpy()
         for group in self.graph.groups:
             ch = group.channels
             if len(ch) and not alive[ch].any():

@@ -1,0 +1,42 @@
+"""Shared helpers: the reference FLOP counter and tiny hand-checkable networks."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def reference_flops(model: nn.Module, *inputs: torch.Tensor) -> int:
+    """FLOPs counted by PyTorch itself (gradients enabled, so fused attention shows its matmuls)."""
+    was = model.training
+    model.eval()
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+        model(*inputs)
+    model.train(was)
+    return counter.get_total_flops()
+
+
+def set_gammas(bn: nn.BatchNorm2d, values) -> None:
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor(values, dtype=bn.weight.dtype))
+
+
+class Chain(nn.Module):
+    """conv(3->a, k3, pad 1) -> BN -> ReLU -> conv(a->b, k1): small enough to cost by hand."""
+
+    def __init__(self, a: int = 8, b: int = 4):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, a, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(a)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(a, b, 1)
+
+    def forward(self, x):
+        return self.conv2(self.relu(self.bn1(self.conv1(x))))
+
+
+@pytest.fixture
+def x8():
+    torch.manual_seed(0)
+    return torch.randn(1, 3, 8, 8)
