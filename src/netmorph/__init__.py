@@ -10,10 +10,11 @@ from .regularizers import (GammaFlopsRegularizer, GammaLatencyRegularizer, Gamma
                            GroupLassoFlopsRegularizer, GroupLassoLatencyRegularizer,
                            GroupLassoModelSizeRegularizer)
 from .structure import Structure
+from .surgery import PruneReport, prune
 
 __all__ = [
     "HARDWARE", "RESOURCES", "Hardware", "count_flops", "count_params", "explain", "ChannelGraph",
-    "GraphRecordError", "build_graph", "Structure",
+    "GraphRecordError", "build_graph", "Structure", "prune", "PruneReport",
     "GammaFlopsRegularizer", "GammaModelSizeRegularizer", "GammaLatencyRegularizer",
     "GroupLassoFlopsRegularizer", "GroupLassoModelSizeRegularizer", "GroupLassoLatencyRegularizer",
 ]

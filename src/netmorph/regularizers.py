@@ -82,18 +82,14 @@ class _Regularizer:
     def alive(self) -> np.ndarray:
         """Alive channels (bool per channel) of the network :func:`netmorph.prune` would build.
 
-        A channel is alive if its value exceeds the threshold or it carries no regularizer. A group
-        whose every channel is dead keeps its strongest one (a layer is never left without channels).
+        A channel is alive if its value exceeds the threshold or it carries no regularizer; then
+        :meth:`ChannelGraph.settle` removes dead branches and towers whole and keeps the strongest
+        channel of a dead group that cannot go (a layer is never left without channels).
         """
         with torch.no_grad():
             values = self.channel_values().detach().cpu()
         alive = (values > self.threshold).numpy() | ~self.regularized   # compared in the gammas' dtype
-        values = values.double().numpy()
-        for group in self.graph.groups:
-            ch = group.channels
-            if len(ch) and not alive[ch].any():
-                alive[ch[np.argmax(values[ch])]] = True
-        return alive
+        return self.graph.settle(alive, values.double().numpy())
 
     # -- the three public readings -----------------------------------------------------------
     def loss(self) -> torch.Tensor:

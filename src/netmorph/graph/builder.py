@@ -29,12 +29,13 @@ class Slots:
     elems: np.ndarray
     gate_bn: np.ndarray
     gate_w: np.ndarray
+    source: str | None = None       # the layer this tensor is (a channel-wise function of) the output of
 
     def take(self, index: np.ndarray) -> "Slots":
-        return Slots(self.cdim, self.elems[index], self.gate_bn[index], self.gate_w[index])
+        return Slots(self.cdim, self.elems[index], self.gate_bn[index], self.gate_w[index], self.source)
 
     def with_cdim(self, cdim: int) -> "Slots":
-        return Slots(cdim, self.elems, self.gate_bn, self.gate_w)
+        return Slots(cdim, self.elems, self.gate_bn, self.gate_w, self.source)
 
 
 @dataclasses.dataclass
@@ -91,6 +92,11 @@ class Builder:
         self.consumed: list[tuple[str, Slots]] = []   # (layer, its input) for the gate check
         self.layers: dict[str, LayerInfo] = {}
         self.bns: dict[str, np.ndarray] = {}          # bn module -> slots of its first call
+        self.producer: dict[int, str] = {}            # value id -> layer that computed it
+        self.follows: dict[str, str] = {}             # layer -> the BatchNorm reading its output
+        self.summed: set[str] = set()                 # layers ending a branch added to an independent tensor
+        self.ancestors: dict[int, int] = {}           # value id -> bitmask of the layers it depends on
+        self.layer_bit: dict[str, int] = {}
         self.op_index = 0
         self.op_names: list[str] = []
 
@@ -174,6 +180,20 @@ class Builder:
         walk(op.inputs)
         walk(op.kwargs)
         return found
+
+    def depends(self, obj, layer: str) -> bool:
+        """Does the value ``obj`` depend on the output of ``layer``?"""
+        bit = self.layer_bit.get(layer)
+        return isinstance(obj, Value) and bit is not None and bool(self.ancestors.get(obj.id, 0) >> bit & 1)
+
+    def track_ancestors(self, op: Op) -> None:
+        mask = 0
+        for v in self.tensors(op):
+            mask |= self.ancestors.get(v.id, 0)
+        if op.module_name is not None:
+            mask |= 1 << self.layer_bit.setdefault(op.module_name, len(self.layer_bit))
+        for out in op.outputs:
+            self.ancestors[out.id] = mask
 
     # -- layers ------------------------------------------------------------------------------
     def layer(self, op: Op, kind: str, out_channels: int) -> LayerInfo:

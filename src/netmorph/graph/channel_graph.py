@@ -45,6 +45,7 @@ class Layer:
     module: nn.Module
     out: np.ndarray
     calls: int
+    inputs: np.ndarray              # class ids of its (first call's) input slots
 
     @property
     def width(self) -> int:
@@ -84,6 +85,9 @@ class ChannelGraph:
     groups: list[Group]
     layers: dict[str, Layer]
     bn_sources: dict[str, tuple[np.ndarray, np.ndarray]]   # bn name -> (channel index, class id)
+    norms: dict[str, np.ndarray]            # BatchNorm name -> class id of each of its channels
+    follows: dict[str, str]                 # layer -> the BatchNorm that reads exactly its output
+    summed: set[str]                        # layers whose output is added to another tensor
     pieces: Pieces
     mem_op: np.ndarray
     mem_scale: np.ndarray
@@ -94,6 +98,7 @@ class ChannelGraph:
     const_size: float                       # weights of layers no rule understood
     op_names: list[str]
     recording: Recording
+    example_inputs: tuple = ()
 
     @property
     def n_ops(self) -> int:
@@ -101,6 +106,55 @@ class ChannelGraph:
 
     def changeable(self) -> np.ndarray:
         return np.array([f is None for f in self.frozen], dtype=bool)
+
+    def settle(self, alive: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
+        """The channels a network built from ``alive`` really keeps.
+
+        1. A group whose every channel is dead disappears if it is :meth:`removable`; otherwise it
+           keeps its strongest channel (by ``values``; the first one without), so no layer is left
+           without channels.
+        2. Dead towers: a group all of whose readers disappeared is unused, so it disappears too
+           (repeated until nothing changes: a branch of a concat dies back to where it forked).
+        """
+        alive = alive.copy()
+        for group in self.groups:
+            ch = group.channels
+            if len(ch) and not alive[ch].any() and not self.removable(group):
+                alive[ch[np.argmax(values[ch]) if values is not None else 0]] = True
+        changed = True
+        while changed:
+            changed = False
+            for group in self.groups:
+                ch = group.channels
+                if group.frozen is not None or not alive[ch].any() or not group.consumers:
+                    continue
+                readers = [n for n in group.consumers if n not in group.producers]
+                if all(not alive[self.layers[n].out].any() for n in readers) and \
+                        all(p in self.layers for p in group.producers):
+                    alive[ch] = False
+                    changed = True
+        return alive
+
+    def removable(self, group: Group) -> bool:
+        """Can every channel of ``group`` go at once, the network still computing the same function?
+
+        Yes when every producer is a layer and every layer reading the group either reads other
+        channels too (one input of a concat: the consumer is narrowed) or has its output added to
+        another tensor (a residual branch: the block becomes its skip connection plus the constant
+        the branch emitted). A plain chain is not removable: it keeps one channel.
+        """
+        if group.frozen is not None or not all(p in self.layers for p in group.producers):
+            return False
+        mine = set(group.channels.tolist())
+        for name in group.consumers:
+            if name in group.producers:
+                continue                                  # grouped conv inside the group
+            layer = self.layers[name]
+            if not mine.issuperset(layer.inputs.tolist()):
+                continue
+            if name not in self.summed:
+                return False
+        return True
 
 
 def build_graph(model: nn.Module, example_inputs, exclude=()) -> ChannelGraph:
@@ -112,6 +166,7 @@ def build_graph(model: nn.Module, example_inputs, exclude=()) -> ChannelGraph:
     if isinstance(exclude, str):
         exclude = (exclude,)
     rec = record(model, example_inputs)
+    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     b = Builder(rec)
     for i, v in enumerate(rec.inputs):
         b.fresh(v, f"input {i}", f"reaches model input {i}")
@@ -134,7 +189,9 @@ def build_graph(model: nn.Module, example_inputs, exclude=()) -> ChannelGraph:
                 s = b.get(v)
                 if s is not None:
                     b.freeze(s.elems, f"excluded by the user ('{name}' matches {pattern!r})")
-    return _finalize(b)
+    graph = _finalize(b)
+    graph.example_inputs = tuple(inputs)
+    return graph
 
 
 def _finalize(b: Builder) -> ChannelGraph:
@@ -209,7 +266,8 @@ def _finalize(b: Builder) -> ChannelGraph:
             if layer not in groups[g].consumers:
                 groups[g].consumers.append(layer)
 
-    layers = {name: Layer(name, info.kind, info.module, cls[info.out_elems], info.calls)
+    layers = {name: Layer(name, info.kind, info.module, cls[info.out_elems], info.calls,
+                          cls[info.in_elems] if info.in_elems is not None else np.zeros(0, np.int64))
               for name, info in b.layers.items()}
     p = b.pieces
     pieces = Pieces(
@@ -225,7 +283,8 @@ def _finalize(b: Builder) -> ChannelGraph:
     n_ops = len(b.op_names)
     return ChannelGraph(
         n_channels=n, frozen=frozen, ungated=ungated, group_of=group_of, groups=groups, layers=layers,
-        bn_sources=bn_sources, pieces=pieces,
+        bn_sources=bn_sources, pieces=pieces, norms={k: cls[v] for k, v in b.bns.items()}, follows=b.follows,
+        summed=b.summed,
         mem_op=np.array([t.op for t in m], dtype=np.int64), mem_scale=np.array([t.per_channel for t in m]),
         mem_idx=cls[np.concatenate([t.elems for t in m])] if m else np.zeros(0, np.int64),
         mem_seg=np.repeat(np.arange(len(m)), [len(t.elems) for t in m]),

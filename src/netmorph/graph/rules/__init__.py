@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import batchnorm, binary, cat, conv, linear, pointwise, pool, reduce, reshape, unknown
+from .. import removed as _removed
+from . import batchnorm, binary, cat, conv, linear, pointwise, pool, reduce, removed, reshape, unknown
 
 LAYER_RULES = {
     nn.Conv1d: conv.conv, nn.Conv2d: conv.conv, nn.Conv3d: conv.conv,
     nn.Linear: linear.linear,
     nn.BatchNorm1d: batchnorm.batchnorm, nn.BatchNorm2d: batchnorm.batchnorm,
     nn.BatchNorm3d: batchnorm.batchnorm,
+    _removed.Vanished: removed.vanished, _removed.ConstantOutput: removed.constant,
 }
 
 FUNCTION_RULES = {}
@@ -30,6 +32,7 @@ def apply(builder, op) -> None:
     rule = LAYER_RULES.get(type(op.module)) if op.module is not None else FUNCTION_RULES.get(op.name)
     if rule is None or not rule(builder, op):
         unknown.freeze_op(builder, op, "no rule for this op" if rule is None else "outside what the rule can prove safe")
+    builder.track_ancestors(op)
 
 
 def supported_ops() -> list[str]:

@@ -20,6 +20,8 @@ def batchnorm(b, op) -> bool:
     if s is None or s.cdim != 1 or len(op.outputs) != 1 or x.shape[1] != m.num_features:
         return False
     name = op.module_name
+    if x.id in b.producer:
+        b.follows.setdefault(b.producer[x.id], name)
     if name in b.bns:
         b.tie(b.bns[name], s.elems)
     else:
@@ -27,6 +29,6 @@ def batchnorm(b, op) -> bool:
         if m.affine:
             b.bn_sources.extend((name, i, e) for i, e in enumerate(s.elems.tolist()))
     gate_bn = np.ones(len(s.elems), dtype=bool) if m.affine else s.gate_bn
-    b.set(op.outputs[0], Slots(1, s.elems, gate_bn, s.gate_w))
+    b.set(op.outputs[0], Slots(1, s.elems, gate_bn, s.gate_w, s.source))
     b.memory([x, op.outputs[0]])
     return True

@@ -57,6 +57,12 @@ def rule(b, op) -> bool:
     else:
         gate_bn = np.logical_and.reduce([s.gate_bn for _, s in full] + [np.full(n, s.gate_bn.all()) for _, s in broadcast])
         gate_w = np.logical_and.reduce([s.gate_w for _, s in full] + [np.full(n, s.gate_w.all()) for _, s in broadcast])
-    b.set(out, Slots(axis, first.elems, gate_bn, gate_w))
+    source = first.source
+    if op.name != "mul" and len(full) > 1:
+        for i, s in full:            # a branch: added to something that does not depend on it
+            if s.source and not any(b.depends(operands[j], s.source) for j, _ in full if j != i):
+                b.summed.add(s.source)
+        source = None
+    b.set(out, Slots(axis, first.elems, gate_bn, gate_w, source))
     b.memory([a for a in operands if isinstance(a, Value)] + [out])
     return True

@@ -45,7 +45,8 @@ def conv(b, op) -> bool:
                               info.out_elems[k * opg:(k + 1) * opg], 2.0 * rows * kernel,
                               kernel if first else 0.0, kernel, g > 1))
     b.consumed.append((info.name, s))
+    b.producer[out.id] = info.name
     on = np.ones(m.out_channels, dtype=bool)
-    b.set(out, Slots(1, info.out_elems, np.zeros(m.out_channels, dtype=bool), on))
+    b.set(out, Slots(1, info.out_elems, np.zeros(m.out_channels, dtype=bool), on, info.name))
     b.memory([x, out])
     return True

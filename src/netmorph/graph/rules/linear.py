@@ -30,7 +30,8 @@ def linear(b, op) -> bool:
     b.pieces.append(Piece(b.op_index, info.name, s.elems, info.out_elems, 2.0 * x.shape[0],
                           1.0 if info.calls == 1 else 0.0, 1.0, False))
     b.consumed.append((info.name, s))
+    b.producer[out.id] = info.name
     n = m.out_features
-    b.set(out, Slots(1, info.out_elems, np.zeros(n, dtype=bool), np.ones(n, dtype=bool)))
+    b.set(out, Slots(1, info.out_elems, np.zeros(n, dtype=bool), np.ones(n, dtype=bool), info.name))
     b.memory([x, out])
     return True
