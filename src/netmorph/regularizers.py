@@ -225,12 +225,13 @@ class _GroupLasso(_Regularizer):
         super().__init__(model, example_inputs, threshold=threshold, exclude=exclude, **kw)
 
     def _find_sources(self):
-        return [(layer.module, layer.out) for layer in self.graph.layers.values()]
+        return [(layer.module, layer.out) for layer in self.graph.layers.values()
+                if getattr(layer.module, "weight", None) is not None]
 
     def _source_values(self):
         vals = []
         for m, _ in self._sources:
-            w = m.weight.flatten(1)
+            w = out_rows(m)
             n = w.shape[1]
             rms = torch.linalg.vector_norm(w, dim=1) / n ** 0.5
             vals.append((1 - self.l1_fraction) * rms + self.l1_fraction * w.abs().mean(1)
@@ -246,14 +247,33 @@ class _GroupLasso(_Regularizer):
         the proximal operator of the sum over members, a slight over-pull compared to the max)."""
         t_channel = torch.as_tensor(lr * strength * self.channel_weights(self.alive()) * self.regularized)
         for m, cls in self._sources:
-            w = m.weight.view(m.weight.shape[0], -1)
+            w = out_rows(m).detach().clone()
             n = w.shape[1]
             t = t_channel[torch.as_tensor(cls)].to(w)[:, None]
             if self.l1_fraction:
                 w.copy_(w.sign() * (w.abs() - t * self.l1_fraction / n).clamp_min(0))
             norm = torch.linalg.vector_norm(w, dim=1, keepdim=True)
             scale = (1 - t * (1 - self.l1_fraction) / (n ** 0.5 * norm.clamp_min(1e-30))).clamp_min(0)
-            w.mul_(scale)
+            set_out_rows(m, w * scale)
+
+
+def out_rows(m: nn.Module) -> torch.Tensor:
+    """The weights of ``m`` as ``[out_channels, fan]``: row j holds everything output channel j reads."""
+    w = m.weight
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):       # laid out [in, out/g, *k]
+        g = m.groups
+        return w.reshape(g, w.shape[0] // g, w.shape[1], -1).permute(0, 2, 1, 3).reshape(m.out_channels, -1)
+    return w.flatten(1)
+
+
+@torch.no_grad()
+def set_out_rows(m: nn.Module, rows: torch.Tensor) -> None:
+    """Write ``[out_channels, fan]`` rows back into ``m.weight`` (inverse of :func:`out_rows`)."""
+    w = m.weight
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        g = m.groups
+        rows = rows.reshape(g, w.shape[1], w.shape[0] // g, -1).permute(0, 2, 1, 3)
+    w.copy_(rows.reshape(w.shape))
 
 
 def _make(base, resource, doc):

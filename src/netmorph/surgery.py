@@ -134,15 +134,18 @@ def _shift(layer: nn.Module, in_keep: np.ndarray, values: torch.Tensor) -> torch
     w = layer.weight
     if isinstance(layer, nn.modules.conv._ConvNd):
         if layer.groups > 1:
-            return torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)   # whole groups go together
+            return torch.zeros(layer.out_channels, dtype=w.dtype, device=w.device)   # whole groups go together
         w = w.sum(dim=tuple(range(2, w.dim())))
+        if isinstance(layer, nn.modules.conv._ConvTransposeNd):
+            w = w.t()                                     # [in, out] -> [out, in]
     return w[:, removed] @ values[removed].to(w)
 
 
 def _bias(layer: nn.Module) -> torch.Tensor:
     if getattr(layer, "bias", None) is not None:
         return layer.bias.detach().clone()
-    return torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype, device=layer.weight.device)
+    n = layer.out_channels if isinstance(layer, nn.modules.conv._ConvNd) else layer.out_features
+    return torch.zeros(n, dtype=layer.weight.dtype, device=layer.weight.device)
 
 
 # -- building narrower layers -----------------------------------------------------------------
@@ -160,15 +163,19 @@ def _slice_layer(old: nn.Module, in_keep, out_keep, values):
         new.weight.copy_(old.weight[out_idx][:, in_idx])
     else:
         g = old.groups
-        if g > 1:
+        transposed = isinstance(old, nn.modules.conv._ConvTransposeNd)
+        if g > 1:                                         # whole groups: in and out kept alike
             opg = old.out_channels // g
             groups = int(out_keep.reshape(g, opg)[:, 0].sum())
-            in_channels, weight = groups * (old.in_channels // g), old.weight[out_idx]
+            in_channels = groups * (old.in_channels // g)
+            weight = old.weight[in_idx] if transposed else old.weight[out_idx]
         else:
-            groups, in_channels, weight = 1, len(in_idx), old.weight[out_idx][:, in_idx]
+            groups, in_channels = 1, len(in_idx)
+            weight = old.weight[in_idx][:, out_idx] if transposed else old.weight[out_idx][:, in_idx]
+        extra = dict(output_padding=old.output_padding) if transposed else {}
         new = type(old)(in_channels, len(out_idx), old.kernel_size, stride=old.stride, padding=old.padding,
                         dilation=old.dilation, groups=groups, bias=old.bias is not None,
-                        padding_mode=old.padding_mode, **kw)
+                        padding_mode=old.padding_mode, **extra, **kw)
         new.weight.copy_(weight)
     if old.bias is not None:
         new.bias.copy_(old.bias[out_idx])
@@ -180,10 +187,19 @@ def _slice_layer(old: nn.Module, in_keep, out_keep, values):
 
 def _slice_norm(old: nn.Module, keep: np.ndarray) -> nn.Module:
     idx = torch.as_tensor(np.flatnonzero(keep))
+    if isinstance(old, nn.GroupNorm):                     # kept in whole groups (tied)
+        size = old.num_channels // old.num_groups
+        new = nn.GroupNorm(len(idx) // size, len(idx), eps=old.eps, affine=old.affine,
+                           device=old.weight.device if old.affine else None,
+                           dtype=old.weight.dtype if old.affine else None)
+        if old.affine:
+            new.weight.copy_(old.weight[idx])
+            new.bias.copy_(old.bias[idx])
+        return new
+    ref = old.weight if old.affine else old.running_mean
     new = type(old)(len(idx), eps=old.eps, momentum=old.momentum, affine=old.affine,
                     track_running_stats=old.track_running_stats,
-                    device=(old.weight if old.affine else old.running_mean).device,
-                    dtype=(old.weight if old.affine else old.running_mean).dtype)
+                    device=None if ref is None else ref.device, dtype=None if ref is None else ref.dtype)
     if old.affine:
         new.weight.copy_(old.weight[idx])
         new.bias.copy_(old.bias[idx])

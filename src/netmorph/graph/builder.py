@@ -81,6 +81,7 @@ class Builder:
         self.parent: list[int] = []
         self.elem_space: list[str] = []
         self.frozen: dict[int, str] = {}              # element -> reason (first one wins per class)
+        self.frozen_roots: set[int] = set()
         self.bn_sources: list[tuple[str, int, int]] = []   # (bn module, channel, element)
         self.slots: dict[int, Slots] = {}             # value id -> channel axis
         self.pieces: list[Piece] = []
@@ -108,6 +109,7 @@ class Builder:
         if frozen:
             for e in range(start, start + n):
                 self.frozen[e] = frozen
+                self.frozen_roots.add(e)
         return np.arange(start, start + n, dtype=np.int64)
 
     def find(self, e: int) -> int:
@@ -125,6 +127,8 @@ class Builder:
             rx, ry = self.find(x), self.find(y)
             if rx != ry:
                 self.parent[max(rx, ry)] = min(rx, ry)
+                if rx in self.frozen_roots or ry in self.frozen_roots:
+                    self.frozen_roots.add(min(rx, ry))
 
     def tie_all(self, elems: np.ndarray) -> None:
         """Tie every element of ``elems`` to every other."""
@@ -134,6 +138,24 @@ class Builder:
     def freeze(self, elems: np.ndarray, reason: str) -> None:
         for e in elems.tolist():
             self.frozen.setdefault(e, reason)
+            self.frozen_roots.add(self.find(e))
+
+    def all_frozen(self, s: Slots) -> bool:
+        return all(self.find(e) in self.frozen_roots for e in s.elems.tolist())
+
+    def along(self, value: Value, axis: int) -> Slots | None:
+        """The value's channels along ``axis``. A tensor whose channels are all frozen (a model input,
+        the output of an unknown op) may be read along any axis: it gets frozen channels there."""
+        s = self.get(value)
+        if s is None or s.cdim == axis or not self.all_frozen(s):
+            return s
+        reason = self.frozen.get(int(s.elems[0]), "frozen") if len(s.elems) else "frozen"
+        elems = self.new_elements(value.shape[axis], f"{self.elem_space[s.elems[0]] if len(s.elems) else 'constant'}",
+                                  reason)
+        off = np.zeros(len(elems), dtype=bool)
+        slots = Slots(axis, elems, off, off.copy())
+        self.slots[value.id] = slots
+        return slots
 
     # -- values ------------------------------------------------------------------------------
     def get(self, obj) -> Slots | None:

@@ -29,8 +29,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from .removed import ConstantOutput, Vanished
 
 #: Module types recorded as one op (when their ``forward`` is not overridden).
-LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
-               Vanished, ConstantOutput)
+LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+               nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d,
+               nn.InstanceNorm3d, nn.GroupNorm, Vanished, ConstantOutput)
 
 
 class GraphRecordError(RuntimeError):

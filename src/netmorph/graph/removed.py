@@ -30,9 +30,12 @@ class _Geometry(nn.Module):
         super().__init__()
         if isinstance(layer, _Geometry):                 # a stand-in replaced again
             self.__dict__.update({k: v for k, v in layer.__dict__.items()
-                                  if k in ("is_conv", "kernel_size", "stride", "dilation", "padding")})
+                                  if k in ("is_conv", "transposed", "output_padding", "kernel_size", "stride",
+                                           "dilation", "padding")})
             return
         self.is_conv = isinstance(layer, nn.modules.conv._ConvNd)
+        self.transposed = isinstance(layer, nn.modules.conv._ConvTransposeNd)
+        self.output_padding = tuple(getattr(layer, "output_padding", ()))
         if self.is_conv:
             self.kernel_size, self.stride = tuple(layer.kernel_size), tuple(layer.stride)
             self.dilation = tuple(layer.dilation)
@@ -45,6 +48,9 @@ class _Geometry(nn.Module):
         if self.padding == "same":
             return (x.shape[0], channels, *spatial)
         pad = (0,) * len(spatial) if self.padding == "valid" else self.padding
+        if self.transposed:
+            return (x.shape[0], channels, *((n - 1) * s - 2 * p + d * (k - 1) + o + 1 for n, k, s, p, d, o in zip(
+                spatial, self.kernel_size, self.stride, pad, self.dilation, self.output_padding)))
         return (x.shape[0], channels, *(_out_size(n, k, s, p, d) for n, k, s, p, d in
                                        zip(spatial, self.kernel_size, self.stride, pad, self.dilation)))
 

@@ -58,11 +58,15 @@ def test_squeeze_after_global_pool():
     assert conv_group.frozen is None and conv_group.consumers == ["fc"]
 
 
-def test_linear_on_token_input_is_frozen_for_now_but_counted():
+def test_linear_on_token_inputs_counts_every_row_and_prunes_the_hidden_width():
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
-    x = torch.randn(2, 5, 6)
+    x = torch.randn(2, 5, 6)                                 # [B, N, C]: 10 rows
     assert netmorph.count_flops(model, x) == reference_flops(model, x) == 2 * 10 * (6 * 8 + 8 * 3)
-    assert all(g.frozen for g in build_graph(model, x).groups)
+    groups = build_graph(model, x).groups
+    assert [g.frozen is None for g in groups] == [False, True, False]    # input, hidden, output
+    with torch.no_grad():
+        model[0].weight[:2] = 0
+    assert netmorph.GroupLassoFlopsRegularizer(model, x).cost() == 2 * 10 * (6 * 6 + 6 * 3)
 
 
 def test_mlp_with_group_lasso():

@@ -11,18 +11,23 @@ from __future__ import annotations
 from torch import nn
 
 from .. import removed as _removed
-from . import batchnorm, binary, cat, conv, linear, pointwise, pool, reduce, removed, reshape, unknown
+from . import (batchnorm, binary, cat, conv, conv_transpose, groupnorm, layernorm, linear, permute, pointwise,
+               pool, reduce, removed, resample, reshape, split, unknown)
 
 LAYER_RULES = {
     nn.Conv1d: conv.conv, nn.Conv2d: conv.conv, nn.Conv3d: conv.conv,
     nn.Linear: linear.linear,
     nn.BatchNorm1d: batchnorm.batchnorm, nn.BatchNorm2d: batchnorm.batchnorm,
     nn.BatchNorm3d: batchnorm.batchnorm,
+    nn.InstanceNorm1d: batchnorm.batchnorm, nn.InstanceNorm2d: batchnorm.batchnorm,
+    nn.InstanceNorm3d: batchnorm.batchnorm, nn.GroupNorm: groupnorm.groupnorm,
+    nn.ConvTranspose1d: conv_transpose.conv_transpose, nn.ConvTranspose2d: conv_transpose.conv_transpose,
+    nn.ConvTranspose3d: conv_transpose.conv_transpose,
     _removed.Vanished: removed.vanished, _removed.ConstantOutput: removed.constant,
 }
 
 FUNCTION_RULES = {}
-for _module in (binary, cat, pointwise, pool, reduce, reshape):
+for _module in (binary, cat, layernorm, permute, pointwise, pool, reduce, resample, reshape, split):
     for _name in _module.NAMES:
         FUNCTION_RULES[_name] = _module.rule
 

@@ -1,4 +1,4 @@
-"""BatchNorm1d/2d/3d normalizes each channel on its own.
+"""BatchNorm1d/2d/3d (and InstanceNorm) normalize each channel on its own.
 
 Grouping rule: output channel i is input channel i; the BN's channel i is a member of that channel,
 and its ``|gamma_i|`` is the channel's source of aliveness for the Gamma regularizers. A BN called
@@ -17,7 +17,8 @@ def batchnorm(b, op) -> bool:
     m = op.module
     x = op.inputs[0] if op.inputs else None
     s = b.get(x)
-    if s is None or s.cdim != 1 or len(op.outputs) != 1 or x.shape[1] != m.num_features:
+    n = getattr(m, "num_features", getattr(m, "num_channels", None))
+    if s is None or s.cdim != 1 or len(op.outputs) != 1 or x.shape[1] != n:
         return False
     name = op.module_name
     if x.id in b.producer:

@@ -25,11 +25,15 @@ def rule(b, op) -> bool:
     dim = dim % nd
     parts = [b.get(t) if isinstance(t, Value) else None for t in tensors]
     tracked = [p for p in parts if p is not None]
-    if not tracked or any(p.cdim != tracked[0].cdim for p in tracked):
+    if not tracked:
+        return False
+    cdim = next((p.cdim for p in tracked if not b.all_frozen(p)), tracked[0].cdim)
+    parts = [b.along(t, cdim) if isinstance(t, Value) else None for t in tensors]
+    tracked = [p for p in parts if p is not None]
+    if any(p.cdim != cdim for p in tracked):
         return False
     if any(len(t.shape) != nd for t in tensors if hasattr(t, "shape")):
         return False
-    cdim = tracked[0].cdim
     if dim == cdim:
         full = []
         for t, p in zip(tensors, parts):

@@ -1,0 +1,74 @@
+"""``chunk``, ``split``, ``unbind`` and indexing (``x[...]``).
+
+Grouping rules:
+- Along another axis than the channel axis, every piece carries the input's channels unchanged
+  (``x[:, 0]`` takes a ViT class token; ``x[..., ::2]`` subsamples space).
+- ``chunk(n)`` along the channel axis: piece k holds channels ``[k*C/n, (k+1)*C/n)``, and channel i of
+  every piece is tied to channel i of the others, so after pruning the pieces still have equal
+  widths and ``chunk`` still cuts them apart where they belong (GLU, grouped heads).
+- ``split`` along the channel axis takes hard-coded sizes, and indexing along it (``x[:, :16]``)
+  takes hard-coded positions: both would cut in the wrong place once channels are removed, so the
+  rule declines and the channels are frozen.
+"""
+from __future__ import annotations
+
+NAMES = ("chunk", "split", "unbind", "getitem")
+
+
+def _index_rule(b, op, s, x) -> bool:
+    index = op.inputs[1]
+    index = index if isinstance(index, tuple) else (index,)
+    if any(not (i is None or i is Ellipsis or isinstance(i, (int, slice))) for i in index):
+        return False
+    nd = len(x.shape)
+    n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
+    expanded, axis = [], 0
+    for i in index:
+        if i is Ellipsis:
+            expanded += [slice(None)] * (nd - n_real)
+            axis += nd - n_real
+        else:
+            expanded.append(i)
+            axis += i is not None
+    expanded += [slice(None)] * (nd - axis)
+    out_axis, in_axis = 0, 0
+    for i in expanded:
+        if i is None:
+            out_axis += 1
+            continue
+        if in_axis == s.cdim:
+            if i != slice(None):
+                return False
+            b.set(op.outputs[0], s.with_cdim(out_axis))
+            return True
+        out_axis += not isinstance(i, int)
+        in_axis += 1
+    return False
+
+
+def rule(b, op) -> bool:
+    x = op.inputs[0] if op.inputs else None
+    s = b.get(x)
+    if s is None or not op.outputs:
+        return False
+    if op.name == "getitem":
+        return len(op.outputs) == 1 and _index_rule(b, op, s, x)
+    nd = len(x.shape)
+    if op.name == "unbind":
+        dim = (op.inputs[1] if len(op.inputs) > 1 else op.kwargs.get("dim", 0)) % nd
+    else:
+        dim = (op.inputs[2] if len(op.inputs) > 2 else op.kwargs.get("dim", 0)) % nd
+    if dim != s.cdim:
+        cdim = s.cdim - (1 if op.name == "unbind" and dim < s.cdim else 0)
+        for out in op.outputs:
+            b.set(out, s.with_cdim(cdim))
+        return True
+    if op.name != "chunk" or len({o.shape[dim] for o in op.outputs}) != 1:
+        return False
+    width = op.outputs[0].shape[dim]
+    pieces = [s.elems[k * width:(k + 1) * width] for k in range(len(op.outputs))]
+    for piece in pieces[1:]:
+        b.tie(pieces[0], piece)
+    for k, out in enumerate(op.outputs):
+        b.set(out, s.take(slice(k * width, (k + 1) * width)))
+    return True

@@ -1,0 +1,173 @@
+"""Rules for transformer and modern-CNN ops: each prunes where it is sound and freezes where not."""
+import pytest
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+import netmorph
+from netmorph.graph import build_graph
+from tests.conftest import reference_flops
+from tests.test_prune import check_exact, kill
+
+
+def group_of(graph, producer):
+    return next(g for g in graph.groups if producer in g.producers)
+
+
+class Sandwich(nn.Module):
+    """conv(3->8) -> norm -> ReLU -> op -> conv(->4): the op under test sits between two layers."""
+
+    def __init__(self, op, mid=8, after=None, norm=None):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = norm or nn.BatchNorm2d(8)
+        self.op = op
+        self.head = nn.Conv2d(after or mid, 4, 1)
+
+    def forward(self, x):
+        return self.head(self.op(F.relu(self.norm(self.conv(x)))))
+
+
+class Fn(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+PRUNABLE = {
+    "interpolate": Sandwich(nn.Upsample(scale_factor=2)),
+    "interpolate_bilinear": Sandwich(Fn(lambda x: F.interpolate(x, size=(5, 7), mode="bilinear"))),
+    "pad_spatial": Sandwich(Fn(lambda x: F.pad(x, (1, 2, 0, 1)))),
+    "pixel_shuffle": Sandwich(nn.PixelShuffle(2), after=2),
+    "pixel_unshuffle": Sandwich(nn.PixelUnshuffle(2), after=32),
+    "permute_roundtrip": Sandwich(Fn(lambda x: x.permute(0, 2, 3, 1).permute(0, 3, 1, 2).contiguous())),
+    "transpose_roundtrip": Sandwich(Fn(lambda x: x.transpose(1, 3).transpose(3, 1))),
+    "chunk_glu": Sandwich(Fn(lambda x: x.chunk(2, dim=1)[0] * torch.sigmoid(x.chunk(2, dim=1)[1])), after=4),
+    "split_spatial": Sandwich(Fn(lambda x: torch.cat(x.split(4, dim=2), dim=2))),
+    "getitem_spatial": Sandwich(Fn(lambda x: x[:, :, ::2, 1:])),
+    "group_norm": Sandwich(nn.Identity(), norm=nn.GroupNorm(4, 8)),
+    "instance_norm": Sandwich(nn.Identity(), norm=nn.InstanceNorm2d(8, affine=True)),
+    "conv_transpose": Sandwich(nn.Sequential(nn.ConvTranspose2d(8, 6, 2, stride=2), nn.BatchNorm2d(6), nn.ReLU()),
+                               after=6),
+    "conv_transpose_grouped": Sandwich(nn.Sequential(nn.ConvTranspose2d(8, 8, 3, padding=1, groups=4),
+                                                     nn.BatchNorm2d(8), nn.ReLU())),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRUNABLE))
+def test_op_keeps_channels_changeable_counts_flops_and_prunes_exactly(name):
+    torch.manual_seed(0)
+    model, x = PRUNABLE[name], torch.randn(2, 3, 8, 8)
+    assert netmorph.count_flops(model, x) == reference_flops(model, x)
+    graph = build_graph(model, x)
+    assert group_of(graph, "conv").frozen is None, group_of(graph, "conv").frozen
+    kill(model, netmorph.GammaFlopsRegularizer(model, x), 0.5, seed=3)
+    reg, small = check_exact(model, x)
+    assert small.netmorph_report.flops_after < small.netmorph_report.flops_before
+
+
+def test_pixel_shuffle_ties_blocks_of_r_squared_channels():
+    graph = build_graph(PRUNABLE["pixel_shuffle"], torch.randn(1, 3, 8, 8))
+    assert group_of(graph, "conv").width == 2                  # 8 channels in 2 blocks of 4
+
+
+def test_group_norm_channels_change_in_whole_groups():
+    graph = build_graph(PRUNABLE["group_norm"], torch.randn(1, 3, 8, 8))
+    assert group_of(graph, "conv").width == 4
+
+
+def test_chunk_ties_the_pieces_so_they_still_cut_in_the_right_place():
+    graph = build_graph(PRUNABLE["chunk_glu"], torch.randn(1, 3, 8, 8))
+    assert group_of(graph, "conv").width == 4                  # channel i tied to channel i + 4
+
+
+FROZEN = {
+    "pad_channels": (Sandwich(Fn(lambda x: F.pad(x, (0, 0, 0, 0, 2, 2))), after=12), "'pad'"),
+    "split_sizes": (Sandwich(Fn(lambda x: torch.cat(x.split([3, 5], dim=1)[::-1], 1))), "'split'"),
+    "slice_channels": (Sandwich(Fn(lambda x: x[:, :6]), after=6), "'getitem'"),
+    "channel_shuffle": (Sandwich(Fn(lambda x: x.view(x.size(0), 2, 4, 8, 8).transpose(1, 2).reshape(x.size(0), 8, 8, 8))),
+                        "'view'"),
+    "layer_norm_channels": (Sandwich(Fn(lambda x: F.layer_norm(x.permute(0, 2, 3, 1), (8,)).permute(0, 3, 1, 2))),
+                            "'layer_norm'"),
+    "sum_over_channels": (Sandwich(Fn(lambda x: x * x.sum(1, keepdim=True))), "'sum'"),
+    "einsum_channel_mix": (Sandwich(Fn(lambda x: torch.einsum("bchw,bdhw->bchw", x, x))), "'einsum'"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FROZEN))
+def test_op_that_cannot_be_proven_safe_freezes_and_explain_names_it(name):
+    model, why = FROZEN[name]
+    x = torch.randn(2, 3, 8, 8)
+    assert netmorph.count_flops(model, x) == reference_flops(model, x)
+    group = group_of(build_graph(model, x), "conv")
+    assert group.frozen is not None and why in group.frozen, group.frozen
+
+
+def test_layer_norm_over_space_keeps_channels():
+    model = Sandwich(nn.LayerNorm([8, 8]))
+    assert group_of(build_graph(model, torch.randn(1, 3, 8, 8)), "conv").frozen is None
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block, hand-written qkv attention (or nn.MultiheadAttention / SDPA)."""
+
+    def __init__(self, dim=16, heads=2, hidden=32, attention="manual"):
+        super().__init__()
+        self.heads, self.attention = heads, attention
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        if attention == "module":
+            self.mha = nn.MultiheadAttention(dim, heads, batch_first=True)
+        else:
+            self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+
+    def attend(self, x):
+        if self.attention == "module":
+            return self.mha(x, x, x, need_weights=False)[0]
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.attention == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            out = (q @ k.transpose(-2, -1) * (c // self.heads) ** -0.5).softmax(-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+    def forward(self, x):
+        x = x + self.attend(self.norm1(x))
+        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
+
+
+class TinyViT(nn.Module):
+    def __init__(self, attention="manual"):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 16, 4, stride=4)
+        self.cls = nn.Parameter(torch.zeros(1, 1, 16))
+        self.blocks = nn.Sequential(Block(attention=attention), Block(attention=attention))
+        self.norm = nn.LayerNorm(16)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)                    # [B, N, C]
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.norm(self.blocks(x))
+        return self.head(x[:, 0])
+
+
+@pytest.mark.parametrize("attention", ["manual", "sdpa", "module"])
+def test_transformer_mlp_width_is_prunable_heads_and_embedding_frozen(attention):
+    torch.manual_seed(0)
+    model, x = TinyViT(attention), torch.randn(2, 3, 16, 16)
+    assert netmorph.count_flops(model, x) == reference_flops(model, x)
+    graph = build_graph(model, x)
+    changeable = sorted(p for g in graph.groups if g.frozen is None for p in g.producers)
+    assert changeable == ["blocks.0.fc1", "blocks.1.fc1"]
+    assert group_of(graph, "patch").frozen is not None        # class token, position, LayerNorm
+    with torch.no_grad():                                           # kill 12 of 32 hidden units
+        for blk in model.blocks:
+            blk.fc1.weight[:12] = 0
+            blk.fc1.bias[:12] = 0
+    reg, small = check_exact(model, x, netmorph.GroupLassoFlopsRegularizer)
+    assert small.blocks[0].fc1.out_features == 20 and small.blocks[1].fc2.in_features == 20
