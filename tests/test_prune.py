@@ -13,16 +13,10 @@ from tests.graph.rules.test_linear_reshape import ConvToLinear
 from tests.graph.rules.test_pointwise_pool_reduce import ACTS, Reduce
 
 
-def kill(model, reg, fraction, seed=0, beta=0.0):
-    """Zero the gammas (and set the betas to ``beta``) of a random ``fraction`` of regularized channels."""
-    rng = np.random.default_rng(seed)
-    dead = (rng.random(reg.graph.n_channels) < fraction) & reg.regularized
-    with torch.no_grad():
-        for name, (_, cls) in reg.graph.bn_sources.items():
-            bn = model.get_submodule(name)
-            mask = torch.as_tensor(dead[cls])
-            bn.weight[mask] = 0
-            bn.bias[mask] = beta
+def kill(model, reg, fraction, seed=0):
+    """Make a random ``fraction`` of the regularized channels exactly dead (sources zeroed)."""
+    dead = (np.random.default_rng(seed).random(reg.graph.n_channels) < fraction) & reg.regularized
+    reg.zero_channels(dead)
     return dead
 
 

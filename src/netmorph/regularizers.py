@@ -107,6 +107,21 @@ class _Regularizer:
         return Structure({n: int(alive[l.out].sum()) for n, l in self.graph.layers.items()},
                          original={n: l.width for n, l in self.graph.layers.items()})
 
+    @torch.no_grad()
+    def zero_channels(self, channels) -> None:
+        """Make ``channels`` (a bool mask or indices over the graph's channels) exactly dead: every
+        member's gamma and beta (or weight row and bias) set to 0, so they carry 0 downstream."""
+        mask = np.zeros(self.graph.n_channels, dtype=bool)
+        mask[channels] = True
+        if (mask & ~self.regularized).any():
+            raise ValueError("zero_channels: some of these channels carry no regularizer (frozen or "
+                             "ungated) and cannot be made dead by their sources")
+        for m, cls in self._sources:
+            rows = torch.as_tensor(mask[cls], device=m.weight.device)
+            self._zero_rows(m, rows)
+            if getattr(m, "bias", None) is not None:
+                m.bias[rows] = 0
+
     def source_parameters(self) -> list[nn.Parameter]:
         """The parameters this regularizer reads (exclude them from weight decay)."""
         return [m.weight for m, _ in self._sources]
@@ -170,6 +185,10 @@ class _Gamma(_Regularizer):
 
     def _source_values(self):
         return [m.weight.abs() for m, _ in self._sources]
+
+    @staticmethod
+    def _zero_rows(m, rows):
+        m.weight[rows] = 0
 
     def _no_source_message(self):
         return (f"{type(self).__name__} needs BatchNorm layers with affine weights, and "
@@ -237,6 +256,12 @@ class _GroupLasso(_Regularizer):
             vals.append((1 - self.l1_fraction) * rms + self.l1_fraction * w.abs().mean(1)
                         if self.l1_fraction else rms)
         return vals
+
+    @staticmethod
+    def _zero_rows(m, rows):
+        w = out_rows(m).detach().clone()
+        w[rows] = 0
+        set_out_rows(m, w)
 
     def _no_source_message(self):
         return f"{type(self.model).__name__} has no convolution or linear layer the channel graph could use"
