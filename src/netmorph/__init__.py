@@ -9,12 +9,13 @@ from .graph import ChannelGraph, GraphRecordError, build_graph
 from .regularizers import (GammaFlopsRegularizer, GammaLatencyRegularizer, GammaModelSizeRegularizer,
                            GroupLassoFlopsRegularizer, GroupLassoLatencyRegularizer,
                            GroupLassoModelSizeRegularizer)
+from .resize import apply_structure
 from .structure import Structure
 from .surgery import PruneReport, prune
 
 __all__ = [
     "HARDWARE", "RESOURCES", "Hardware", "count_flops", "count_params", "explain", "ChannelGraph",
-    "GraphRecordError", "build_graph", "Structure", "prune", "PruneReport",
+    "GraphRecordError", "build_graph", "Structure", "prune", "PruneReport", "apply_structure",
     "GammaFlopsRegularizer", "GammaModelSizeRegularizer", "GammaLatencyRegularizer",
     "GroupLassoFlopsRegularizer", "GroupLassoModelSizeRegularizer", "GroupLassoLatencyRegularizer",
 ]

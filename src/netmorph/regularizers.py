@@ -105,7 +105,8 @@ class _Regularizer:
         """Alive output channels of every conv/linear layer, with their original widths."""
         alive = self.alive()
         return Structure({n: int(alive[l.out].sum()) for n, l in self.graph.layers.items()},
-                         original={n: l.width for n, l in self.graph.layers.items()})
+                         original={n: l.width for n, l in self.graph.layers.items()},
+                         input_shapes=[list(t.shape) for t in self.graph.example_inputs])
 
     @torch.no_grad()
     def zero_channels(self, channels) -> None:

@@ -17,15 +17,19 @@ def _strip(name: str) -> str:
 
 
 class Structure(Mapping):
-    """Read-only ``{layer name: width}``; ``original`` holds the widths it was learned from."""
+    """Read-only ``{layer name: width}``; ``original`` holds the widths it was learned from and
+    ``input_shapes`` the shapes of the example inputs (so the structure can be applied alone)."""
 
-    def __init__(self, widths: Mapping[str, int], original: Mapping[str, int] | None = None):
+    def __init__(self, widths: Mapping[str, int], original: Mapping[str, int] | None = None,
+                 input_shapes=None):
         self._widths = {}
         for name, width in widths.items():
             if not isinstance(width, int) or isinstance(width, bool) or width < 0:
                 raise ValueError(f"width of layer {name!r} must be a non-negative integer, got {width!r}")
             self._widths[_strip(str(name))] = width
         self.original = {_strip(str(k)): int(v) for k, v in (original or {}).items()}
+        #: shapes of the example inputs the structure was learned with (apply_structure's default)
+        self.input_shapes = [list(map(int, s)) for s in input_shapes] if input_shapes else None
 
     def __getitem__(self, name: str) -> int:
         return self._widths[_strip(name)]
@@ -44,13 +48,14 @@ class Structure(Mapping):
 
     # -- JSON --------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"format": "netmorph.structure/1", "widths": dict(self._widths), "original": dict(self.original)}
+        return {"format": "netmorph.structure/1", "widths": dict(self._widths), "original": dict(self.original),
+                "input_shapes": self.input_shapes}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "Structure":
         if "widths" not in data:
             raise ValueError("not a netmorph structure: the JSON has no 'widths' object")
-        return cls(data["widths"], data.get("original") or None)
+        return cls(data["widths"], data.get("original") or None, data.get("input_shapes"))
 
     def save(self, path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

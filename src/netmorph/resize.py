@@ -1,0 +1,269 @@
+"""``apply_structure``: any width, up or down, for every changeable group of a model.
+
+The user's model is deep-copied and every conv / linear / norm layer whose channels change is
+replaced by a freshly constructed one of the new width (so new channels are initialized the way
+that layer type normally is), into which the weights of the channels that stay are copied. Which
+channel lands where is read off the channel graphs of the old and the new model: channel position
+p of a group keeps the p-th chosen old channel, and every layer's rows, columns, BN entries and
+flattened features follow their channel, so the copy is right for concatenations, flattening,
+depthwise and grouped convolutions alike.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from .graph import ChannelGraph, build_graph
+from .graph.removed import ConstantOutput, Vanished
+from .structure import Structure
+
+_CONV = nn.modules.conv._ConvNd
+_TCONV = nn.modules.conv._ConvTransposeNd
+
+
+def _example(structure, example_inputs):
+    if example_inputs is not None:
+        return example_inputs
+    shapes = getattr(structure, "input_shapes", None)
+    if not shapes:
+        raise ValueError("apply_structure needs example_inputs (the structure does not record its input shapes)")
+    return tuple(torch.zeros(s) for s in shapes)      # float32 zeros: only shapes matter here
+
+
+def group_targets(graph: ChannelGraph, widths: Mapping[str, int]) -> dict[int, int]:
+    """Target width (in channels of the group) of every group a named layer belongs to."""
+    widths = dict(widths.items())
+    unknown = [n for n in widths if n not in graph.layers]
+    if unknown:
+        raise ValueError(f"structure names layers the model does not have (or whose width the channel graph "
+                         f"does not control): {', '.join(unknown[:5])}; layers are: {', '.join(list(graph.layers)[:8])}, ...")
+    targets: dict[int, tuple[int, str]] = {}
+    for name, width in widths.items():
+        layer = graph.layers[name]
+        gid = int(graph.group_of[layer.out[0]])
+        group = graph.groups[gid]
+        mult = layer.width // group.width
+        if width % mult:
+            raise ValueError(f"width {width} of '{name}' must be a multiple of {mult} (it has {mult} output "
+                             f"channels per channel of its group)")
+        target = width // mult
+        if group.frozen is not None and target != group.width:
+            raise ValueError(f"'{name}' cannot change width: {group.frozen}")
+        if target == 0 and not graph.removable(group):
+            raise ValueError(f"'{name}' cannot have width 0: only a removable branch (a residual branch, or one "
+                             "input of a concat) may disappear")
+        if gid in targets and targets[gid][0] != target:
+            other = targets[gid][1]
+            raise ValueError(f"'{name}' and '{other}' are tied (their channels change together) but were given "
+                             f"widths {width} and {widths[other]}")
+        targets[gid] = (target, name)
+    return {g: t for g, (t, _) in targets.items()}
+
+
+def importance(model: nn.Module, graph: ChannelGraph) -> np.ndarray:
+    """Per channel: max over its members of |gamma| (BN-like) or, lacking any, the weight-row RMS."""
+    value = np.zeros(graph.n_channels)
+    has_bn = np.zeros(graph.n_channels, dtype=bool)
+    with torch.no_grad():
+        for name, (ch, cls) in graph.bn_sources.items():
+            g = model.get_submodule(name).weight.detach().abs().double().cpu().numpy()
+            np.maximum.at(value, cls, g[ch])
+            has_bn[cls] = True
+        from .regularizers import out_rows
+        for layer in graph.layers.values():
+            if getattr(layer.module, "weight", None) is None:
+                continue
+            rms = out_rows(layer.module).detach().double().pow(2).mean(1).sqrt().cpu().numpy()
+            cls = layer.out
+            keep = ~has_bn[cls]
+            np.maximum.at(value, cls[keep], rms[keep])
+    return value
+
+
+def apply_structure(model: nn.Module, structure, init: str = "keep", keep: str = "importance",
+                    example_inputs=None) -> nn.Module:
+    """A copy of ``model`` with the widths of ``structure`` (a Structure or a mapping layer -> width).
+
+    Layers not named keep their width; tied layers must agree; a width of 0 removes a removable
+    branch. Narrowing keeps the most important channels (``keep="importance"``: |gamma| or weight
+    norm) or the first ones (``keep="first"``); widening adds channels initialized the way the layer
+    type normally is. ``init="fresh"`` re-initializes every parameter (for training from scratch).
+    ``example_inputs`` defaults to zeros of the shapes the structure recorded.
+    """
+    if init not in ("keep", "fresh"):
+        raise ValueError(f"init must be 'keep' or 'fresh', got {init!r}")
+    if keep not in ("importance", "first"):
+        raise ValueError(f"keep must be 'importance' or 'first', got {keep!r}")
+    if not isinstance(structure, Mapping):
+        raise TypeError(f"structure must be a Structure or a mapping of layer name to width, got {type(structure).__name__}")
+    widths = structure if isinstance(structure, Structure) else Structure(dict(structure))
+    example = _example(structure, example_inputs)
+    graph = build_graph(model, example)
+    targets = group_targets(graph, widths)
+    values = importance(model, graph) if keep == "importance" else None
+    orders = {}
+    for gid, group in enumerate(graph.groups):
+        target = targets.get(gid, group.width)
+        chans = group.channels
+        if values is not None and target < len(chans):
+            chans = chans[np.sort(np.argsort(-values[chans], kind="stable")[:target])]
+        orders[gid] = list(chans[:target]) + [None] * max(0, target - len(chans))
+    new = resize(model, graph, orders, example)
+    if init == "fresh":
+        for m in new.modules():
+            if hasattr(m, "reset_parameters") and m is not new:
+                m.reset_parameters()
+    return new
+
+
+def resize(model: nn.Module, graph: ChannelGraph, orders: dict[int, list], example) -> nn.Module:
+    """Rebuild ``model`` so that group g holds ``orders[g]``: old channel ids, or None for new ones."""
+    new_width = {g: len(o) for g, o in orders.items()}
+    new = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, layer in graph.layers.items():
+            module = model.get_submodule(name)
+            out_w = _width(graph, layer.out, new_width)
+            in_w = _width(graph, layer.inputs, new_width)
+            if out_w == layer.width and in_w == len(layer.inputs):
+                continue
+            if out_w == 0:
+                _put(new, name, Vanished(module))
+            elif len(layer.inputs) and in_w == 0 or isinstance(module, ConstantOutput):
+                _put(new, name, ConstantOutput(module, torch.zeros(out_w, dtype=_dtype(module))))
+            else:
+                groups = getattr(module, "groups", 1)
+                if groups > 1:
+                    groups = new_width[int(graph.group_of[layer.out[0]])]
+                _put(new, name, _fresh_layer(module, in_w, out_w, groups))
+        for name, cls in graph.norms.items():
+            n = _width(graph, cls, new_width)
+            module = model.get_submodule(name)
+            if n != len(cls):
+                _put(new, name, _fresh_norm(module, n) if n else nn.Identity())
+    new_graph = build_graph(new, example)
+    _copy_weights(model, graph, new, new_graph, orders)
+    return new
+
+
+# -- widths -----------------------------------------------------------------------------------
+def _width(graph, cls: np.ndarray, new_width) -> int:
+    """New length of a channel list (layer outputs, norm channels): each group scales by its ratio."""
+    total = 0
+    for g in np.unique(graph.group_of[cls]).tolist():
+        n_old = int((graph.group_of[cls] == g).sum())
+        total += n_old * new_width[g] // graph.groups[g].width
+    return total
+
+
+def _dtype(module):
+    w = getattr(module, "weight", None)
+    return w.dtype if w is not None else torch.float32
+
+
+def _fresh_layer(old: nn.Module, in_w: int, out_w: int, groups: int) -> nn.Module:
+    ref = old.weight
+    kw = dict(device=ref.device, dtype=ref.dtype)
+    if isinstance(old, nn.Linear):
+        return nn.Linear(in_w, out_w, bias=old.bias is not None, **kw)
+    extra = dict(output_padding=old.output_padding) if isinstance(old, _TCONV) else {}
+    return type(old)(in_w, out_w, old.kernel_size, stride=old.stride, padding=old.padding, dilation=old.dilation,
+                     groups=groups, bias=old.bias is not None, padding_mode=old.padding_mode, **extra, **kw)
+
+
+def _fresh_norm(old: nn.Module, n: int) -> nn.Module:
+    ref = old.weight if getattr(old, "weight", None) is not None else getattr(old, "running_mean", None)
+    kw = dict(device=ref.device, dtype=ref.dtype) if ref is not None else {}
+    if isinstance(old, nn.GroupNorm):
+        return nn.GroupNorm(n // (old.num_channels // old.num_groups), n, eps=old.eps, affine=old.affine, **kw)
+    return type(old)(n, eps=old.eps, momentum=old.momentum, affine=old.affine,
+                     track_running_stats=old.track_running_stats, **kw)
+
+
+def _put(root: nn.Module, name: str, module: nn.Module) -> None:
+    target = root.get_submodule(name)
+    for alias, m in list(root.named_modules(remove_duplicate=False)):
+        if m is target and alias:
+            parent, _, leaf = alias.rpartition(".")
+            setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+# -- copying weights --------------------------------------------------------------------------
+def _class_map(old_graph, new_graph, orders) -> dict[int, int]:
+    """new channel id -> old channel id, for every new channel that continues an old one."""
+    by_producer = {}
+    for g, group in enumerate(old_graph.groups):
+        by_producer.setdefault(group.producers[0], g)
+    mapping = {}
+    for group in new_graph.groups:
+        old_g = next((by_producer[p] for p in group.producers if p in by_producer), None)
+        if old_g is None:
+            continue
+        for new_c, old_c in zip(group.channels.tolist(), orders[old_g]):
+            if old_c is not None:
+                mapping[new_c] = int(old_c)
+    return mapping
+
+
+def _positions(new_slots: np.ndarray, old_slots: np.ndarray, cmap: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (new position, old position): the t-th slot of a channel maps to its t-th old slot."""
+    where: dict[int, list[int]] = {}
+    for i, c in enumerate(old_slots.tolist()):
+        where.setdefault(c, []).append(i)
+    seen: dict[int, int] = {}
+    new_pos, old_pos = [], []
+    for j, c in enumerate(new_slots.tolist()):
+        old_c = cmap.get(c)
+        if old_c is None:
+            continue
+        t = seen.get(c, 0)
+        seen[c] = t + 1
+        olds = where.get(old_c, [])
+        if t < len(olds):
+            new_pos.append(j)
+            old_pos.append(olds[t])
+    return np.array(new_pos, dtype=np.int64), np.array(old_pos, dtype=np.int64)
+
+
+def _copy_weights(model, old_graph, new, new_graph, orders) -> None:
+    cmap = _class_map(old_graph, new_graph, orders)
+    with torch.no_grad():
+        for name, layer in new_graph.layers.items():
+            if name not in old_graph.layers:
+                continue
+            old_l, new_m, old_m = old_graph.layers[name], new.get_submodule(name), model.get_submodule(name)
+            o_new, o_old = _positions(layer.out, old_l.out, cmap)
+            if isinstance(new_m, ConstantOutput) and isinstance(old_m, ConstantOutput):
+                new_m.value[o_new] = old_m.value[o_old]
+            if getattr(new_m, "weight", None) is None or getattr(old_m, "weight", None) is None:
+                continue
+            i_new, i_old = _positions(layer.inputs, old_l.inputs, cmap)
+            w_new, w_old = new_m.weight, old_m.weight
+            transposed = isinstance(new_m, _TCONV)
+            grouped = getattr(new_m, "groups", 1) > 1
+            if grouped:                                   # whole groups: copy full rows of kept groups
+                if transposed:
+                    w_new[i_new] = w_old[i_old]
+                else:
+                    w_new[o_new] = w_old[o_old]
+            elif transposed:
+                w_new[np.ix_(i_new, o_new)] = w_old[np.ix_(i_old, o_old)]
+            else:
+                w_new[np.ix_(o_new, i_new)] = w_old[np.ix_(o_old, i_old)]
+            if getattr(new_m, "bias", None) is not None and getattr(old_m, "bias", None) is not None:
+                new_m.bias[o_new] = old_m.bias[o_old]
+        for name, cls in new_graph.norms.items():
+            if name not in old_graph.norms:
+                continue
+            new_m, old_m = new.get_submodule(name), model.get_submodule(name)
+            if new_m is old_m:
+                continue
+            n_new, n_old = _positions(cls, old_graph.norms[name], cmap)
+            for attr in ("weight", "bias", "running_mean", "running_var"):
+                a, b = getattr(new_m, attr, None), getattr(old_m, attr, None)
+                if a is not None and b is not None:
+                    a[n_new] = b[n_old]

@@ -1,0 +1,106 @@
+"""apply_structure: narrower (like prune), wider (old weights kept, new ones initialized), errors."""
+import pytest
+import torch
+
+import netmorph
+from netmorph.graph.removed import Vanished
+from netmorph.models import MODELS, get_model, resnet20
+from tests.test_prune import kill, outputs
+
+
+def _input(name):
+    return torch.randn(2, 1, 8, 8) if name == "tiny" else torch.randn(2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_narrowing_by_importance_keeps_the_alive_channels_like_prune(name):
+    torch.manual_seed(0)
+    model, x = get_model(name), _input(name)
+    reg = netmorph.GammaFlopsRegularizer(model, x)
+    kill(model, reg, 0.4)
+    narrow = netmorph.apply_structure(model, reg.structure(), example_inputs=x)
+    assert torch.allclose(outputs(narrow, x), outputs(model, x), atol=1e-5)
+    assert netmorph.count_flops(narrow, x) == reg.cost()
+
+
+def changeable_widths(model, x, factor):
+    graph = netmorph.build_graph(model, x)
+    return {name: layer.width * factor for name, layer in graph.layers.items()
+            if graph.groups[graph.group_of[layer.out[0]]].frozen is None}
+
+
+def test_widening_keeps_the_old_weights_and_can_be_undone():
+    torch.manual_seed(0)
+    model, x = resnet20(), torch.randn(2, 3, 32, 32)
+    model.eval()
+    wide = netmorph.apply_structure(model, changeable_widths(model, x, 2), example_inputs=x)
+    # every changeable width doubled = the width-2 ResNet-20 (input and classes stay)
+    assert netmorph.count_flops(wide, x) == netmorph.count_flops(resnet20(width=2.0), x)
+    assert torch.equal(wide.conv1.weight[:16], model.conv1.weight)
+    assert torch.equal(wide.layer2[0].conv1.weight[:32, :16], model.layer2[0].conv1.weight)
+    assert wide.layer2[0].conv1.weight[32:].abs().sum() > 0            # new channels initialized, not zero
+    assert torch.equal(wide.bn1.weight[16:], torch.ones(16))            # new BN channels: gamma 1, beta 0
+    back = netmorph.apply_structure(wide, changeable_widths(model, x, 1), keep="first", example_inputs=x)
+    assert torch.allclose(outputs(back, x), outputs(model, x), atol=1e-6)
+
+
+def test_widening_through_flatten_concat_and_depthwise():
+    for name in ("vgg11", "inception", "densenet", "mobilenetv2", "senet"):
+        torch.manual_seed(0)
+        model, x = get_model(name), _input(name)
+        wide = netmorph.apply_structure(model, changeable_widths(model, x, 2), example_inputs=x)
+        assert outputs(wide, x).shape == outputs(model, x).shape
+        back = netmorph.apply_structure(wide, changeable_widths(model, x, 1), keep="first", example_inputs=x)
+        assert torch.allclose(outputs(back, x), outputs(model, x), atol=1e-5), name
+
+
+def test_width_zero_removes_a_residual_branch():
+    torch.manual_seed(0)
+    model, x = resnet20(), torch.randn(2, 3, 32, 32)
+    small = netmorph.apply_structure(model, {"layer3.1.conv1": 0}, example_inputs=x)
+    assert isinstance(small.layer3[1].conv1, Vanished)
+    assert netmorph.count_flops(small, x) == netmorph.count_flops(model, x) - 2 * 2 * 4_718_592
+
+
+def test_fresh_init_reinitializes_every_parameter():
+    torch.manual_seed(0)
+    model, x = resnet20(), torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        model.bn1.weight.fill_(0.3)
+    fresh = netmorph.apply_structure(model, {"layer1.0.conv1": 8}, init="fresh", example_inputs=x)
+    assert torch.equal(fresh.bn1.weight, torch.ones(16))
+    assert not torch.equal(fresh.conv1.weight, model.conv1.weight)
+    assert fresh.layer1[0].conv1.out_channels == 8
+
+
+def test_structure_errors_name_the_problem():
+    model, x = resnet20(), torch.randn(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="tied.*'layer1.0.conv2'|'layer1.0.conv2'.*tied"):
+        netmorph.apply_structure(model, {"conv1": 8, "layer1.0.conv2": 12}, example_inputs=x)
+    with pytest.raises(ValueError, match="cannot change width: reaches the model output"):
+        netmorph.apply_structure(model, {"fc": 5}, example_inputs=x)
+    with pytest.raises(ValueError, match="cannot have width 0"):
+        netmorph.apply_structure(model, {"conv1": 0}, example_inputs=x)
+    with pytest.raises(ValueError, match="does not have.*layer9"):
+        netmorph.apply_structure(model, {"layer9.conv": 3}, example_inputs=x)
+    with pytest.raises(ValueError, match="needs example_inputs"):
+        netmorph.apply_structure(model, {"conv1": 8})
+    with pytest.raises(ValueError, match="keep must be"):
+        netmorph.apply_structure(model, {"conv1": 8}, keep="random", example_inputs=x)
+    dw = get_model("mobilenetv2")
+    assert netmorph.apply_structure(dw, {"features.1.block.0.0": 16}, example_inputs=x)  # no-op is fine
+
+
+def test_a_saved_structure_rebuilds_the_pruned_model(tmp_path):
+    torch.manual_seed(0)
+    model, x = resnet20(), torch.randn(2, 3, 32, 32)
+    reg = netmorph.GammaFlopsRegularizer(model, x)
+    kill(model, reg, 0.3)
+    small = netmorph.prune(model, reg)
+    reg.structure().save(tmp_path / "s.json")
+    torch.save(small.state_dict(), tmp_path / "w.pt")
+    loaded = netmorph.Structure.load(tmp_path / "s.json")
+    assert loaded.input_shapes == [[2, 3, 32, 32]]
+    rebuilt = netmorph.apply_structure(resnet20(), loaded)             # example inputs from the structure
+    rebuilt.load_state_dict(torch.load(tmp_path / "w.pt"))
+    assert torch.allclose(outputs(rebuilt, x), outputs(small, x), atol=1e-6)
