@@ -4,6 +4,7 @@ The central object is the channel graph (:func:`build_graph`): the groups of cha
 topology ties together. Costs, regularizers, pruning, expansion and search all read it.
 """
 from .costs import HARDWARE, RESOURCES, Hardware, count_flops, count_params
+from .expand import expand
 from .explain import explain
 from .graph import ChannelGraph, GraphRecordError, build_graph
 from .regularizers import (GammaFlopsRegularizer, GammaLatencyRegularizer, GammaModelSizeRegularizer,
@@ -15,7 +16,7 @@ from .surgery import PruneReport, prune
 
 __all__ = [
     "HARDWARE", "RESOURCES", "Hardware", "count_flops", "count_params", "explain", "ChannelGraph",
-    "GraphRecordError", "build_graph", "Structure", "prune", "PruneReport", "apply_structure",
+    "GraphRecordError", "build_graph", "Structure", "prune", "PruneReport", "apply_structure", "expand",
     "GammaFlopsRegularizer", "GammaModelSizeRegularizer", "GammaLatencyRegularizer",
     "GroupLassoFlopsRegularizer", "GroupLassoModelSizeRegularizer", "GroupLassoLatencyRegularizer",
 ]

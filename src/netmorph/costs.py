@@ -77,33 +77,43 @@ def piece_counts(graph: ChannelGraph, alive: np.ndarray) -> tuple[np.ndarray, np
             np.bincount(p.out_seg, weights=a[p.out_idx], minlength=n))
 
 
-def op_flops(graph: ChannelGraph, alive: np.ndarray) -> np.ndarray:
-    """FLOPs of every recorded op for the given alive channels."""
+def piece_products(graph: ChannelGraph, alive: np.ndarray) -> np.ndarray:
+    """``alive_in * alive_out`` of every piece.
+
+    ``alive`` may also hold a fraction per channel (its group's new width over its old one, as
+    :func:`netmorph.expand` uses): a conv group of a grouped conv is one channel, present or not, so
+    its piece scales with that fraction once, not squared.
+    """
     a_in, a_out = piece_counts(graph, alive)
     p = graph.pieces
-    return np.bincount(p.op, weights=p.flops * a_in * a_out, minlength=graph.n_ops) + graph.const_flops
+    return np.where(p.fixed, a_in * p.n_out, a_in * a_out)
+
+
+def op_flops(graph: ChannelGraph, alive: np.ndarray) -> np.ndarray:
+    """FLOPs of every recorded op for the given alive channels."""
+    p = graph.pieces
+    return np.bincount(p.op, weights=p.flops * piece_products(graph, alive), minlength=graph.n_ops) + graph.const_flops
 
 
 def op_bytes(graph: ChannelGraph, alive: np.ndarray, bytes_per_element: float) -> np.ndarray:
     """Bytes every op moves (activations in and out, weights) for the given alive channels."""
-    a_in, a_out = piece_counts(graph, alive)
     p = graph.pieces
     alive_slots = np.bincount(graph.mem_seg, weights=alive.astype(float)[graph.mem_idx],
                               minlength=len(graph.mem_op))
     elements = (np.bincount(graph.mem_op, weights=graph.mem_scale * alive_slots, minlength=graph.n_ops)
-                + np.bincount(p.op, weights=p.weight * a_in * a_out, minlength=graph.n_ops)
+                + np.bincount(p.op, weights=p.weight * piece_products(graph, alive), minlength=graph.n_ops)
                 + graph.const_elements)
     return elements * bytes_per_element
 
 
 def evaluate(graph: ChannelGraph, alive: np.ndarray, resource: str = "flops", hardware=None) -> float:
-    """The cost of the network that keeps exactly the ``alive`` channels (a bool per channel)."""
+    """The cost of the network that keeps exactly the ``alive`` channels (a bool per channel, or a
+    per-channel scale of its group's width, see :func:`piece_products`)."""
     check_resource(resource)
     if resource == "flops":
         return float(op_flops(graph, alive).sum())
     if resource == "size":
-        a_in, a_out = piece_counts(graph, alive)
-        return float((graph.pieces.size * a_in * a_out).sum() + graph.const_size)
+        return float((graph.pieces.size * piece_products(graph, alive)).sum() + graph.const_size)
     hw = get_hardware(hardware if hardware is not None else "V100")
     compute = op_flops(graph, alive) / hw.peak_gflops
     memory = op_bytes(graph, alive, hw.bytes_per_element) / hw.bandwidth_gbs

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from .costs import count_params, piece_counts
+from .costs import count_params, piece_products
 from .graph import ChannelGraph, build_graph
 
 
@@ -26,11 +26,11 @@ def explain(model: nn.Module, example_inputs, exclude=()) -> str:
     graph = build_graph(model, example_inputs, exclude)
     alive = np.ones(graph.n_channels, dtype=bool)
     p = graph.pieces
-    a_in, a_out = piece_counts(graph, alive)
+    flops = p.flops * piece_products(graph, alive)
     flops_by_layer: dict[str, float] = {}
-    for name, f in zip(p.layer, p.flops * a_in * a_out):
+    for name, f in zip(p.layer, flops):
         flops_by_layer[name] = flops_by_layer.get(name, 0.0) + f
-    total_flops = float((p.flops * a_in * a_out).sum() + graph.const_flops.sum())
+    total_flops = float(flops.sum() + graph.const_flops.sum())
     total_params = count_params(model)
     lines = [f"{type(model).__name__}: {total_flops:,.0f} FLOPs, {total_params:,} parameters, "
              f"{len(graph.groups)} channel groups, "

@@ -1,0 +1,82 @@
+"""``expand``: MorphNet's uniform width multiplier, searched to fill a budget (METHODS.md 1.6, step 3).
+
+Given a learned structure O' (the widths a regularized network kept), find the largest omega such
+that the network with every changeable group at ``omega * O'_g`` (rounded) costs at most the budget.
+The cost of any widths is read off the channel graph without building the network: each channel
+counts as its group's new width over its old one, which scales every FLOPs, weight and memory term
+exactly as the rebuilt network would (``tests/test_expand.py`` checks it against the built network).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .costs import check_resource, evaluate, get_hardware
+from .graph import ChannelGraph, build_graph
+from .resize import group_targets
+from .structure import Structure
+
+
+def widths_cost(graph: ChannelGraph, group_widths: dict[int, int], resource="flops", hardware=None) -> float:
+    """Cost of the network whose group g has ``group_widths[g]`` channels (others unchanged)."""
+    scale = np.ones(graph.n_channels)
+    for g, w in group_widths.items():
+        scale[graph.groups[g].channels] = w / graph.groups[g].width
+    return evaluate(graph, scale, resource, hardware)
+
+
+def _scaled(learned: dict[int, int], omega: float, round_to: int) -> dict[int, int]:
+    return {g: 0 if w == 0 else max(round_to, int(round(omega * w / round_to)) * round_to)
+            for g, w in learned.items()}
+
+
+def expand(model, example_inputs, structure, budget: float, resource: str = "flops", hardware=None,
+           round_to: int = 1) -> Structure:
+    """``omega * O'`` for the largest ``omega`` whose cost is at most ``budget`` (absolute units).
+
+    Every changeable group's width becomes ``max(round_to, omega * O'_g rounded to a multiple of
+    round_to)``; groups at 0 (removed branches) stay removed; frozen groups keep their width; omega
+    may exceed 1. A budget below what the frozen part alone costs, or below the smallest structure
+    (every changeable group at ``round_to``), is a ``ValueError`` saying which.
+    """
+    check_resource(resource)
+    hw = get_hardware(hardware if hardware is not None else "V100") if resource == "latency" else None
+    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
+        raise ValueError(f"budget must be a positive number in the resource's unit, got {budget!r}")
+    if not (isinstance(round_to, int) and round_to >= 1):
+        raise ValueError(f"round_to must be a positive integer, got {round_to!r}")
+    graph = build_graph(model, example_inputs)
+    named = group_targets(graph, structure)
+    learned = {g: named.get(g, grp.width) for g, grp in enumerate(graph.groups) if grp.frozen is None}
+    frozen_cost = widths_cost(graph, {g: 0 for g in learned}, resource, hw)
+    if budget < frozen_cost:
+        raise ValueError(f"budget {budget:,.6g} is below the cost of the part of the network that cannot change "
+                         f"({frozen_cost:,.6g} {resource}); raise the budget or unfreeze channels (see explain)")
+    smallest = widths_cost(graph, _scaled(learned, 0.0, round_to), resource, hw)
+    if budget < smallest:
+        raise ValueError(f"budget {budget:,.6g} is below the smallest structure ({smallest:,.6g} {resource} with "
+                         f"every changeable group at {round_to} channel(s)); raise the budget")
+    cost = lambda w: widths_cost(graph, _scaled(learned, w, round_to), resource, hw)  # noqa: E731
+    lo, hi = 0.0, 1.0
+    while cost(hi) <= budget:                     # omega may exceed 1
+        lo, hi = hi, hi * 2
+        if hi > 1e4:
+            break
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if cost(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    widths = _scaled(learned, lo, round_to)
+    result = {}
+    for name, layer in graph.layers.items():
+        g = int(graph.group_of[layer.out[0]])
+        mult = layer.width // graph.groups[g].width
+        result[name] = mult * widths.get(g, graph.groups[g].width)
+    out = Structure(result, original={n: l.width for n, l in graph.layers.items()},
+                    input_shapes=[list(t.shape) for t in graph.example_inputs])
+    out.omega = lo
+    out.cost = cost(lo)
+    return out
