@@ -1,0 +1,54 @@
+"""The MorphNet loop: budgets and shrink targets, the strength controller, one full round."""
+import pytest
+import torch
+
+import netmorph
+from netmorph.models import tiny_cnn
+from netmorph.morph import absolute, morph, regularize
+from netmorph.train import Recipe
+
+
+def problem(seed=0, n=1024):
+    """A learnable 4-class problem on 8x8 single-channel images (labels from a fixed linear map)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 8, 8, generator=g)
+    y = (x.flatten(1) @ torch.randn(64, 4, generator=g)).argmax(1)
+    return (x[:3 * n // 4], y[:3 * n // 4]), (x[3 * n // 4:], y[3 * n // 4:])
+
+
+RECIPE = Recipe(epochs=8, batch_size=64, lr=0.05, crop_padding=0, flip=False)
+
+
+def test_budget_and_shrink_accept_percentages_fractions_and_absolute_numbers():
+    assert absolute("50%", 1000, "budget") == 500 and absolute(0.5, 1000, "budget") == 500
+    assert absolute("150%", 1000, "budget") == 1500 and absolute(2e6, 1000, "budget") == 2e6
+    for bad in ("0%", "-5%", 0, -1, "fast", float("nan")):
+        with pytest.raises(ValueError, match="budget must be"):
+            absolute(bad, 1000, "budget")
+
+
+def test_strength_controller_reaches_the_shrink_target_without_a_given_strength():
+    torch.manual_seed(0)
+    train, val = problem()
+    model = tiny_cnn(num_classes=4, width=0.5)
+    full = netmorph.count_flops(model, train[0][:1])
+    structure, cost, info = regularize(model, train, val, train[0][:1], 0.5 * full, RECIPE, log=lambda s: None)
+    assert info.reached_target and cost <= 0.5 * full * 1.02
+    assert info.strength_history[1] > info.strength_history[0]       # it had to push harder at first
+    rebuilt = netmorph.apply_structure(model, structure, example_inputs=train[0][:1])
+    assert netmorph.count_flops(rebuilt, train[0][:1]) == cost
+
+
+def test_one_round_of_morph_ends_at_the_budget():
+    torch.manual_seed(0)
+    train, val = problem()
+    build = lambda: tiny_cnn(num_classes=4, width=0.5)          # noqa: E731
+    example = train[0][:1]
+    full = netmorph.count_flops(build(), example)
+    out = morph(build, train, val, example, budget="100%", shrink="50%", recipe=RECIPE,
+                final_recipe=Recipe(epochs=2, batch_size=64, lr=0.05, crop_padding=0, flip=False), log=lambda s: None)
+    assert out["final_cost"] <= full and out["final_cost"] >= 0.9 * full
+    assert out["rounds"][0].expanded.omega > 1
+    assert netmorph.count_flops(out["model"], example) == out["final_cost"]
+    with pytest.raises(ValueError, match="rounds must be"):
+        morph(build, train, val, example, rounds=0)
