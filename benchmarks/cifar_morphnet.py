@@ -4,13 +4,15 @@ Run: ``python benchmarks/cifar_morphnet.py [--data ../shared/data] [--arms basel
 Recipe (every training run): ResNet-20, batch 128, SGD momentum 0.9 Nesterov, weight decay 5e-4,
 one-cycle schedule peaking at lr 0.1 (15% warm-up, cosine down), random crop (pad 4) + flip,
 15 epochs, seed 0; 45k training images, 5k held out for validation, accuracy on the 10k test images.
-Each arm is cached in ``benchmarks/.cache/cifar/ARM.json`` and checkpointed every epoch, so an
-interrupted run resumes where it stopped. About 2 hours on 2 CPU cores.
+Each arm is cached in ``~/.cache/netmorph-benchmarks/cifar/ARM.json`` (``NETMORPH_BENCH_CACHE`` moves
+it) and checkpointed every epoch, so an interrupted run resumes where it stopped. About 2 hours on
+2 CPU cores.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -22,7 +24,8 @@ from netmorph.models import resnet20
 from netmorph.train import Recipe, evaluate, fit, make_optimizer
 from report import write_section
 
-CACHE = Path(__file__).parent / ".cache" / "cifar"
+# outside the work tree, so a later session on the same machine can resume (override: NETMORPH_BENCH_CACHE)
+CACHE = Path(os.environ.get("NETMORPH_BENCH_CACHE", Path.home() / ".cache" / "netmorph-benchmarks")) / "cifar"
 EXAMPLE = torch.zeros(1, 3, 32, 32)
 
 
