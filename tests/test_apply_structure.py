@@ -104,3 +104,14 @@ def test_a_saved_structure_rebuilds_the_pruned_model(tmp_path):
     rebuilt = netmorph.apply_structure(resnet20(), loaded)             # example inputs from the structure
     rebuilt.load_state_dict(torch.load(tmp_path / "w.pt"))
     assert torch.allclose(outputs(rebuilt, x), outputs(small, x), atol=1e-6)
+
+
+def test_layers_reading_frozen_channels_keep_their_weights_in_place():
+    """A layer after an op without a rule reads frozen channels: they must be copied in order."""
+    from tests.graph.rules.test_unknown_and_exclude import Rolled
+    torch.manual_seed(0)
+    model, x = Rolled(), torch.randn(2, 3, 8, 8)
+    wide = netmorph.apply_structure(model, {"c2": 12}, example_inputs=x)
+    assert torch.equal(wide.c2.weight[:6], model.c2.weight)               # frozen inputs, same order
+    back = netmorph.apply_structure(wide, {"c2": 6}, keep="first", example_inputs=x)
+    assert torch.allclose(outputs(back, x), outputs(model, x), atol=1e-6)

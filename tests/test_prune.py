@@ -11,6 +11,7 @@ from tests.graph.rules.test_binary_cat import SE, TwoBranches
 from tests.graph.rules.test_conv import Depthwise, Grouped
 from tests.graph.rules.test_linear_reshape import ConvToLinear
 from tests.graph.rules.test_pointwise_pool_reduce import ACTS, Reduce
+from tests.graph.rules.test_unknown_and_exclude import Rolled
 
 
 def kill(model, reg, fraction, seed=0):
@@ -51,7 +52,7 @@ def test_every_reference_net_prunes_exactly_with_random_channels_killed(name):
         assert family(small, x).cost() == pytest.approx(family(model, x).cost())
 
 
-RULE_NETS = [lambda: Grouped(), lambda: Depthwise(), lambda: SE(), lambda: Reduce("mean"),
+RULE_NETS = [lambda: Grouped(), lambda: Depthwise(), lambda: SE(), lambda: Reduce("mean"), lambda: Rolled(),
              lambda: Reduce("keepdim")] + [lambda how=how: TwoBranches(how) for how in ("add", "sub", "iadd", "cat")] \
     + [lambda how=how: ConvToLinear(how) for how in ("flatten", "view", "reshape", "squeeze")] \
     + [lambda act=act: nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), act, nn.Conv2d(6, 4, 1),

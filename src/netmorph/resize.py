@@ -123,6 +123,12 @@ def apply_structure(model: nn.Module, structure, init: str = "keep", keep: str =
 def resize(model: nn.Module, graph: ChannelGraph, orders: dict[int, list], example) -> nn.Module:
     """Rebuild ``model`` so that group g holds ``orders[g]``: old channel ids, or None for new ones."""
     new_width = {g: len(o) for g, o in orders.items()}
+    for name, layer in graph.layers.items():
+        g = int(graph.group_of[layer.out[0]])
+        runs = 1 + int((layer.out[1:] != layer.out[:-1]).sum())
+        if new_width[g] > graph.groups[g].width and runs != len(np.unique(layer.out)):
+            raise ValueError(f"cannot widen '{name}': its channels are interleaved across tied pieces (a chunk "
+                             "or similar split reads them), and new channels would land in the wrong piece")
     new = copy.deepcopy(model)
     with torch.no_grad():
         for name, layer in graph.layers.items():
@@ -134,7 +140,7 @@ def resize(model: nn.Module, graph: ChannelGraph, orders: dict[int, list], examp
             if out_w == 0:
                 _put(new, name, Vanished(module))
             elif len(layer.inputs) and in_w == 0 or isinstance(module, ConstantOutput):
-                _put(new, name, ConstantOutput(module, torch.zeros(out_w, dtype=_dtype(module))))
+                _put(new, name, ConstantOutput(module, torch.zeros(out_w, **_like(module))))
             else:
                 groups = getattr(module, "groups", 1)
                 if groups > 1:
@@ -160,9 +166,10 @@ def _width(graph, cls: np.ndarray, new_width) -> int:
     return total
 
 
-def _dtype(module):
-    w = getattr(module, "weight", None)
-    return w.dtype if w is not None else torch.float32
+def _like(module) -> dict:
+    """dtype and device of a module's first parameter or buffer."""
+    t = next(iter([*module.parameters(), *module.buffers()]), None)
+    return dict(dtype=t.dtype, device=t.device) if t is not None else {}
 
 
 def _fresh_layer(old: nn.Module, in_w: int, out_w: int, groups: int) -> nn.Module:
@@ -185,7 +192,15 @@ def _fresh_norm(old: nn.Module, n: int) -> nn.Module:
 
 
 def _put(root: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` at ``name`` and at every other name the same module object is reachable by,
+    in the train/eval mode and with the ``requires_grad`` flags of the module it replaces."""
     target = root.get_submodule(name)
+    module.train(target.training)
+    if isinstance(target, ConstantOutput) or not isinstance(module, (Vanished, ConstantOutput, nn.Identity)):
+        for (n, p) in module.named_parameters():
+            old = getattr(target, n, None)
+            if isinstance(old, nn.Parameter):
+                p.requires_grad_(old.requires_grad)
     for alias, m in list(root.named_modules(remove_duplicate=False)):
         if m is target and alias:
             parent, _, leaf = alias.rpartition(".")
@@ -194,23 +209,32 @@ def _put(root: nn.Module, name: str, module: nn.Module) -> None:
 
 # -- copying weights --------------------------------------------------------------------------
 def _class_map(old_graph, new_graph, orders) -> dict[int, int]:
-    """new channel id -> old channel id, for every new channel that continues an old one."""
-    by_producer = {}
-    for g, group in enumerate(old_graph.groups):
-        by_producer.setdefault(group.producers[0], g)
+    """new channel id -> old channel id, for every new channel that continues an old one.
+
+    A rebuilt layer holds its kept old channels first, in their old order, then the new ones.
+    Frozen channels (model inputs, outputs of ops without a rule) are matched by :func:`_positions`.
+    """
     mapping = {}
-    for group in new_graph.groups:
-        old_g = next((by_producer[p] for p in group.producers if p in by_producer), None)
-        if old_g is None:
+    kept = {g: {c for c in order if c is not None} for g, order in orders.items()}
+    for name, new_layer in new_graph.layers.items():
+        old_layer = old_graph.layers.get(name)
+        if old_layer is None or not old_layer.width:
             continue
-        for new_c, old_c in zip(group.channels.tolist(), orders[old_g]):
-            if old_c is not None:
-                mapping[new_c] = int(old_c)
+        g = int(old_graph.group_of[old_layer.out[0]])
+        old_kept = [c for c in old_layer.out.tolist() if c in kept[g]]
+        for new_c, old_c in zip(new_layer.out.tolist(), old_kept):
+            mapping.setdefault(new_c, int(old_c))
     return mapping
 
 
-def _positions(new_slots: np.ndarray, old_slots: np.ndarray, cmap: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (new position, old position): the t-th slot of a channel maps to its t-th old slot."""
+def _positions(new_slots: np.ndarray, old_slots: np.ndarray, cmap: dict[int, int],
+               new_frozen: np.ndarray, old_frozen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (new position, old position) along one channel axis.
+
+    The t-th new slot continuing an old channel maps to that channel's t-th old slot (a flattened
+    map repeats a channel once per position, in order); frozen slots, which never change, pair up
+    in order with the old frozen slots.
+    """
     where: dict[int, list[int]] = {}
     for i, c in enumerate(old_slots.tolist()):
         where.setdefault(c, []).append(i)
@@ -220,31 +244,37 @@ def _positions(new_slots: np.ndarray, old_slots: np.ndarray, cmap: dict[int, int
         old_c = cmap.get(c)
         if old_c is None:
             continue
-        t = seen.get(c, 0)
-        seen[c] = t + 1
+        t = seen.get(old_c, 0)                            # counted per old channel: a channel a
+        seen[old_c] = t + 1                               # grouped conv tied may come back as several
         olds = where.get(old_c, [])
         if t < len(olds):
             new_pos.append(j)
             old_pos.append(olds[t])
+    fixed_new = np.flatnonzero(new_frozen[new_slots]) if len(new_slots) else np.zeros(0, np.int64)
+    fixed_old = np.flatnonzero(old_frozen[old_slots]) if len(old_slots) else np.zeros(0, np.int64)
+    if len(fixed_new) == len(fixed_old):
+        new_pos += fixed_new.tolist()
+        old_pos += fixed_old.tolist()
     return np.array(new_pos, dtype=np.int64), np.array(old_pos, dtype=np.int64)
 
 
 def _copy_weights(model, old_graph, new, new_graph, orders) -> None:
     cmap = _class_map(old_graph, new_graph, orders)
+    frozen = (~new_graph.changeable(), ~old_graph.changeable())
     with torch.no_grad():
         for name, layer in new_graph.layers.items():
             if name not in old_graph.layers:
                 continue
             old_l, new_m, old_m = old_graph.layers[name], new.get_submodule(name), model.get_submodule(name)
-            o_new, o_old = _positions(layer.out, old_l.out, cmap)
+            o_new, o_old = _positions(layer.out, old_l.out, cmap, *frozen)
             if isinstance(new_m, ConstantOutput) and isinstance(old_m, ConstantOutput):
                 new_m.value[o_new] = old_m.value[o_old]
             if getattr(new_m, "weight", None) is None or getattr(old_m, "weight", None) is None:
                 continue
-            i_new, i_old = _positions(layer.inputs, old_l.inputs, cmap)
+            i_new, i_old = _positions(layer.inputs, old_l.inputs, cmap, *frozen)
             w_new, w_old = new_m.weight, old_m.weight
             transposed = isinstance(new_m, _TCONV)
-            grouped = getattr(new_m, "groups", 1) > 1
+            grouped = getattr(old_m, "groups", 1) > 1
             if grouped:                                   # whole groups: copy full rows of kept groups
                 if transposed:
                     w_new[i_new] = w_old[i_old]
@@ -262,7 +292,7 @@ def _copy_weights(model, old_graph, new, new_graph, orders) -> None:
             new_m, old_m = new.get_submodule(name), model.get_submodule(name)
             if new_m is old_m:
                 continue
-            n_new, n_old = _positions(cls, old_graph.norms[name], cmap)
+            n_new, n_old = _positions(cls, old_graph.norms[name], cmap, *frozen)
             for attr in ("weight", "bias", "running_mean", "running_var"):
                 a, b = getattr(new_m, attr, None), getattr(old_m, attr, None)
                 if a is not None and b is not None:

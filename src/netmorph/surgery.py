@@ -19,7 +19,6 @@ whose branch died becomes its skip connection plus that constant.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import numpy as np
@@ -30,6 +29,7 @@ from .costs import count_flops
 from .graph import ChannelGraph
 from .graph.record import flatten_tensors
 from .graph.removed import ConstantOutput, Vanished
+from .resize import resize
 
 
 @dataclasses.dataclass
@@ -68,36 +68,23 @@ def prune_channels(model: nn.Module, graph: ChannelGraph, alive: np.ndarray) -> 
     if frozen_dead.any():
         raise ValueError("cannot remove frozen channels: " + graph.frozen[int(np.flatnonzero(frozen_dead)[0])])
     constants = _input_constants(model, graph, alive)
-    new = copy.deepcopy(model)
-    shifts: dict[str, tuple[str, torch.Tensor]] = {}
+    orders = {g: [c for c in group.channels.tolist() if alive[c]] for g, group in enumerate(graph.groups)}
+    new = resize(model, graph, orders, graph.example_inputs)
     vanished, constant = [], []
     with torch.no_grad():
         for name, layer in graph.layers.items():
             out_keep, in_keep = alive[layer.out], alive[layer.inputs]
-            old = new.get_submodule(name)
-            if out_keep.all() and in_keep.all():
-                continue
-            if not out_keep.any():
-                _replace(new, name, Vanished(old))
+            old, now = model.get_submodule(name), new.get_submodule(name)
+            if isinstance(now, Vanished) and not isinstance(old, Vanished):
                 vanished.append(name)
-            elif isinstance(old, ConstantOutput):
-                _replace(new, name, ConstantOutput(old, old.value[torch.as_tensor(out_keep)]))
-            elif len(in_keep) and not in_keep.any():
-                value = _bias(old) + _shift(old, in_keep, constants[name])
-                _replace(new, name, ConstantOutput(old, value[torch.as_tensor(out_keep)]))
+            if in_keep.all() or not out_keep.any() or isinstance(old, ConstantOutput):
+                continue
+            shift = _shift(old, in_keep, constants[name])[torch.as_tensor(out_keep)]
+            if isinstance(now, ConstantOutput):          # every input removed: what is left is a constant
+                now.value.copy_(_bias(old)[torch.as_tensor(out_keep)] + shift)
                 constant.append(name)
-            else:
-                layer_new, shift = _slice_layer(old, in_keep, out_keep, constants.get(name))
-                _replace(new, name, layer_new)
-                if shift is not None:
-                    shifts[name] = shift
-        for name, cls in graph.norms.items():
-            keep = alive[cls]
-            if not keep.all():
-                old = new.get_submodule(name)
-                _replace(new, name, _slice_norm(old, keep) if keep.any() else nn.Identity())
-        for name, shift in shifts.items():
-            _fold(new, graph, name, shift)
+            elif shift.abs().max() > 0:
+                _fold(new, graph, name, shift)
     new.netmorph_report = _report(model, new, graph, int((~alive).sum()), vanished, constant)
     return new
 
@@ -148,71 +135,7 @@ def _bias(layer: nn.Module) -> torch.Tensor:
     return torch.zeros(n, dtype=layer.weight.dtype, device=layer.weight.device)
 
 
-# -- building narrower layers -----------------------------------------------------------------
-def _slice_layer(old: nn.Module, in_keep, out_keep, values):
-    out_idx = torch.as_tensor(np.flatnonzero(out_keep), device=old.weight.device)
-    in_idx = torch.as_tensor(np.flatnonzero(in_keep), device=old.weight.device)
-    shift = None
-    if values is not None and not in_keep.all():
-        s = _shift(old, in_keep, values)[out_idx]
-        if s.abs().max() > 0:
-            shift = s
-    kw = dict(device=old.weight.device, dtype=old.weight.dtype)
-    if isinstance(old, nn.Linear):
-        new = nn.Linear(len(in_idx), len(out_idx), bias=old.bias is not None, **kw)
-        new.weight.copy_(old.weight[out_idx][:, in_idx])
-    else:
-        g = old.groups
-        transposed = isinstance(old, nn.modules.conv._ConvTransposeNd)
-        if g > 1:                                         # whole groups: in and out kept alike
-            opg = old.out_channels // g
-            groups = int(out_keep.reshape(g, opg)[:, 0].sum())
-            in_channels = groups * (old.in_channels // g)
-            weight = old.weight[in_idx] if transposed else old.weight[out_idx]
-        else:
-            groups, in_channels = 1, len(in_idx)
-            weight = old.weight[in_idx][:, out_idx] if transposed else old.weight[out_idx][:, in_idx]
-        extra = dict(output_padding=old.output_padding) if transposed else {}
-        new = type(old)(in_channels, len(out_idx), old.kernel_size, stride=old.stride, padding=old.padding,
-                        dilation=old.dilation, groups=groups, bias=old.bias is not None,
-                        padding_mode=old.padding_mode, **extra, **kw)
-        new.weight.copy_(weight)
-    if old.bias is not None:
-        new.bias.copy_(old.bias[out_idx])
-    new.train(old.training)
-    for p_new, p_old in zip(new.parameters(), old.parameters()):
-        p_new.requires_grad_(p_old.requires_grad)
-    return new, shift
-
-
-def _slice_norm(old: nn.Module, keep: np.ndarray) -> nn.Module:
-    idx = torch.as_tensor(np.flatnonzero(keep))
-    if isinstance(old, nn.GroupNorm):                     # kept in whole groups (tied)
-        size = old.num_channels // old.num_groups
-        new = nn.GroupNorm(len(idx) // size, len(idx), eps=old.eps, affine=old.affine,
-                           device=old.weight.device if old.affine else None,
-                           dtype=old.weight.dtype if old.affine else None)
-        if old.affine:
-            new.weight.copy_(old.weight[idx])
-            new.bias.copy_(old.bias[idx])
-        return new
-    ref = old.weight if old.affine else old.running_mean
-    new = type(old)(len(idx), eps=old.eps, momentum=old.momentum, affine=old.affine,
-                    track_running_stats=old.track_running_stats,
-                    device=None if ref is None else ref.device, dtype=None if ref is None else ref.dtype)
-    if old.affine:
-        new.weight.copy_(old.weight[idx])
-        new.bias.copy_(old.bias[idx])
-        new.weight.requires_grad_(old.weight.requires_grad)
-        new.bias.requires_grad_(old.bias.requires_grad)
-    if old.track_running_stats:
-        new.running_mean.copy_(old.running_mean[idx])
-        new.running_var.copy_(old.running_var[idx])
-        new.num_batches_tracked.copy_(old.num_batches_tracked)
-    new.train(old.training)
-    return new
-
-
+# -- folding and reporting -------------------------------------------------------------------
 def _fold(root: nn.Module, graph: ChannelGraph, name: str, shift: torch.Tensor) -> None:
     """Add ``shift`` to the outputs of layer ``name``: into its bias, its BN's running mean, or a new bias."""
     layer = root.get_submodule(name)
@@ -224,15 +147,6 @@ def _fold(root: nn.Module, graph: ChannelGraph, name: str, shift: torch.Tensor) 
         root.get_submodule(bn).running_mean.sub_(shift)          # BN(x + s) with mean - s == BN(x)
     else:
         layer.bias = nn.Parameter(shift.clone())
-
-
-def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
-    """Put ``module`` at ``name`` and at every other name the same module object is reachable by."""
-    target = root.get_submodule(name)
-    for alias, m in list(root.named_modules(remove_duplicate=False)):
-        if m is target and alias:
-            parent, _, leaf = alias.rpartition(".")
-            setattr(root.get_submodule(parent) if parent else root, leaf, module)
 
 
 def _report(model, pruned, graph, removed, vanished, constant) -> PruneReport:
