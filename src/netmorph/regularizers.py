@@ -163,8 +163,19 @@ class _Regularizer:
         """Apply the proximal operator of ``lr * strength * loss()`` to the source parameters.
 
         Use it *instead of* adding ``strength * loss()`` to the objective, right after each
-        ``optimizer.step()`` with that step's learning rate.
+        ``optimizer.step()`` with that step's learning rate. A channel the step leaves at exactly
+        zero is then silenced: its betas (or biases) are set to zero too, so it carries nothing
+        downstream, the rest of the network trains without it, and pruning it later is exact
+        (a dead channel that kept its beta would emit a constant, which pruning can fold only up to
+        zero-padded borders).
         """
+        self._shrink(lr * strength * self.channel_weights(self.alive()) * self.regularized)
+        with torch.no_grad():
+            dead = (self.channel_values() == 0).cpu().numpy() & self.regularized
+        if dead.any():
+            self.zero_channels(dead)
+
+    def _shrink(self, t_channel: np.ndarray) -> None:
         raise NotImplementedError
 
     def _no_source_message(self) -> str:
@@ -197,8 +208,8 @@ class _Gamma(_Regularizer):
                 f"{type(self).__name__.replace('Gamma', 'GroupLasso')} instead (it regularizes weight norms)")
 
     @torch.no_grad()
-    def proximal_step(self, lr: float, strength: float) -> None:
-        t_channel = lr * strength * self.channel_weights(self.alive()) * self.regularized
+    def _shrink(self, t_channel: np.ndarray) -> None:
+        """Exact prox of the max-combined L1 term on every channel's gammas."""
         flat = torch.cat([m.weight.detach().double().cpu() for m, _ in self._sources]).numpy()
         index = self._index.numpy()
         new = _prox_max_norm(np.abs(flat), index, t_channel) * np.sign(flat)
@@ -268,10 +279,10 @@ class _GroupLasso(_Regularizer):
         return f"{type(self.model).__name__} has no convolution or linear layer the channel graph could use"
 
     @torch.no_grad()
-    def proximal_step(self, lr: float, strength: float) -> None:
+    def _shrink(self, t_channel: np.ndarray) -> None:
         """Block soft-threshold of each member's weight row (tied members are shrunk one by one,
         the proximal operator of the sum over members, a slight over-pull compared to the max)."""
-        t_channel = torch.as_tensor(lr * strength * self.channel_weights(self.alive()) * self.regularized)
+        t_channel = torch.as_tensor(t_channel)
         for m, cls in self._sources:
             w = out_rows(m).detach().clone()
             n = w.shape[1]
