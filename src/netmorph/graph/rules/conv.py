@@ -20,15 +20,22 @@ from ..builder import Piece, Slots
 
 
 def conv(b, op) -> bool:
+    """FLOPs per output position: rows are the output's batch x spatial positions."""
+    return conv_layer(b, op, "conv", transposed=False)
+
+
+def conv_layer(b, op, kind: str, transposed: bool) -> bool:
+    """The rule shared by convolutions and transposed convolutions (they differ in which spatial
+    size their FLOPs count: the output's, or for transposed ones the input's)."""
     m = op.module
     x = op.inputs[0] if op.inputs else None
     s = b.get(x)
     nd = len(m.kernel_size)
-    if s is None or s.cdim != 1 or len(x.shape) != nd + 2 or len(op.outputs) != 1:
+    if s is None or s.cdim != 1 or len(x.shape) != nd + 2 or len(op.outputs) != 1 or len(op.inputs) > 1:
         return False
     out = op.outputs[0]
     g = m.groups
-    info = b.layer(op, "conv", m.out_channels)
+    info = b.layer(op, kind, m.out_channels)
     if info.in_elems is None:
         info.in_elems = s.elems
     else:
@@ -38,7 +45,8 @@ def conv(b, op) -> bool:
         for k in range(g):
             b.tie_all(np.concatenate([s.elems[k * ipg:(k + 1) * ipg], info.out_elems[k * opg:(k + 1) * opg]]))
     kernel = float(np.prod(m.kernel_size))
-    rows = float(out.shape[0]) * float(np.prod(out.shape[2:]))
+    positions = x if transposed else out
+    rows = float(positions.shape[0]) * float(np.prod(positions.shape[2:]))
     first = info.calls == 1
     for k in range(g):
         b.pieces.append(Piece(b.op_index, info.name, s.elems[k * ipg:(k + 1) * ipg],

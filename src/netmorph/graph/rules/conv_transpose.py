@@ -6,38 +6,8 @@ a module called again ties its inputs). FLOPs use the *input* spatial size, as t
 """
 from __future__ import annotations
 
-import numpy as np
-
-from ..builder import Piece, Slots
+from .conv import conv_layer
 
 
 def conv_transpose(b, op) -> bool:
-    m = op.module
-    x = op.inputs[0] if op.inputs else None
-    s = b.get(x)
-    nd = len(m.kernel_size)
-    if s is None or s.cdim != 1 or len(x.shape) != nd + 2 or len(op.outputs) != 1 or len(op.inputs) > 1:
-        return False
-    out = op.outputs[0]
-    g = m.groups
-    info = b.layer(op, "conv_transpose", m.out_channels)
-    if info.in_elems is None:
-        info.in_elems = s.elems
-    else:
-        b.tie(info.in_elems, s.elems)
-    ipg, opg = m.in_channels // g, m.out_channels // g
-    if g > 1:
-        for k in range(g):
-            b.tie_all(np.concatenate([s.elems[k * ipg:(k + 1) * ipg], info.out_elems[k * opg:(k + 1) * opg]]))
-    kernel = float(np.prod(m.kernel_size))
-    rows = float(x.shape[0]) * float(np.prod(x.shape[2:]))
-    for k in range(g):
-        b.pieces.append(Piece(b.op_index, info.name, s.elems[k * ipg:(k + 1) * ipg],
-                              info.out_elems[k * opg:(k + 1) * opg], 2.0 * rows * kernel,
-                              kernel if info.calls == 1 else 0.0, kernel, g > 1))
-    b.consumed.append((info.name, s))
-    b.producer[out.id] = info.name
-    n = m.out_channels
-    b.set(out, Slots(1, info.out_elems, np.zeros(n, dtype=bool), np.ones(n, dtype=bool), info.name))
-    b.memory([x, out])
-    return True
+    return conv_layer(b, op, "conv_transpose", transposed=True)
