@@ -1,10 +1,9 @@
 """expand: the largest uniform multiplier of a learned structure that fits the budget."""
-import numpy as np
 import pytest
 import torch
 
 import netmorph
-from netmorph.costs import evaluate
+from netmorph.costs import count_cost
 from netmorph.expand import _scaled, widths_cost
 from netmorph.models import get_model, resnet20
 from netmorph.resize import group_targets
@@ -13,8 +12,7 @@ from tests.test_prune import kill
 
 
 def built_cost(model, x, resource):
-    graph = netmorph.build_graph(model, x)
-    return evaluate(graph, np.ones(graph.n_channels, dtype=bool), resource, "V100")
+    return count_cost(model, x, resource, "V100")
 
 
 @pytest.mark.parametrize("name", ["resnet20", "mobilenetv2", "inception", "densenet", "vgg11", "senet"])

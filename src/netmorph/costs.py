@@ -120,14 +120,19 @@ def evaluate(graph: ChannelGraph, alive: np.ndarray, resource: str = "flops", ha
     return float(np.maximum(compute, memory).sum())
 
 
+def count_cost(model: torch.nn.Module, example_inputs, resource: str = "flops", hardware=None) -> float:
+    """The ``resource`` of ``model`` as it is (every channel alive), read off its channel graph."""
+    graph = build_graph(model, example_inputs)
+    return evaluate(graph, np.ones(graph.n_channels, dtype=bool), resource, hardware)
+
+
 def count_flops(model: torch.nn.Module, example_inputs) -> int:
     """``2 x MACs`` of every convolution and matrix product of ``model(*example_inputs)``.
 
     Computed from the channel graph (with every channel alive), so it is also a check of the graph;
     it agrees with ``torch.utils.flop_counter.FlopCounterMode`` run with gradients enabled.
     """
-    graph = build_graph(model, example_inputs)
-    return int(round(evaluate(graph, np.ones(graph.n_channels, dtype=bool), "flops")))
+    return int(round(count_cost(model, example_inputs, "flops")))
 
 
 def count_params(model: torch.nn.Module) -> int:

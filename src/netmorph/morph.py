@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-
-import numpy as np
 from typing import Callable
 
 import torch
 from torch import nn
 
 from . import regularizers as R
-from .costs import check_resource, evaluate
-from .graph import build_graph
+from .costs import check_resource, count_cost
 from .expand import expand
 from .resize import apply_structure
 from .structure import Structure
@@ -142,7 +139,7 @@ def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budg
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     torch.manual_seed(recipe.seed)
     model = build_model()
-    graph_cost = lambda m: evaluate_cost(m, example_inputs, resource, hardware)  # noqa: E731
+    graph_cost = lambda m: count_cost(m, example_inputs, resource, hardware)  # noqa: E731
     original = graph_cost(model)
     budget_abs = absolute(budget, original, "budget")
     history = []
@@ -166,10 +163,3 @@ def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budg
     fit(model, train, val, final_recipe, log=log)
     return {"model": model, "structure": structure, "rounds": history, "original_cost": original,
             "final_cost": graph_cost(model), "budget": budget_abs}
-
-
-def evaluate_cost(model, example_inputs, resource="flops", hardware=None) -> float:
-    """The cost of ``model`` as it is (every channel alive)."""
-    graph = build_graph(model, example_inputs)
-    return evaluate(graph, np.ones(graph.n_channels, dtype=bool), resource,
-                    hardware if hardware is not None else "V100")

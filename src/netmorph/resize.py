@@ -19,6 +19,7 @@ from torch import nn
 
 from .graph import ChannelGraph, build_graph
 from .graph.removed import ConstantOutput, Vanished
+from .regularizers import out_rows
 from .structure import Structure
 
 _CONV = nn.modules.conv._ConvNd
@@ -73,7 +74,6 @@ def importance(model: nn.Module, graph: ChannelGraph) -> np.ndarray:
             g = model.get_submodule(name).weight.detach().abs().double().cpu().numpy()
             np.maximum.at(value, cls, g[ch])
             has_bn[cls] = True
-        from .regularizers import out_rows
         for layer in graph.layers.values():
             if getattr(layer.module, "weight", None) is None:
                 continue

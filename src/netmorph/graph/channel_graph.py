@@ -16,7 +16,7 @@ import numpy as np
 from torch import nn
 
 from .builder import Builder
-from .record import Recording, record
+from .record import Recording, as_input_tuple, record
 from .rules import apply
 
 
@@ -166,7 +166,7 @@ def build_graph(model: nn.Module, example_inputs, exclude=()) -> ChannelGraph:
     if isinstance(exclude, str):
         exclude = (exclude,)
     rec = record(model, example_inputs)
-    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    inputs = as_input_tuple(example_inputs)
     b = Builder(rec)
     for i, v in enumerate(rec.inputs):
         b.fresh(v, f"input {i}", f"reaches model input {i}")
@@ -190,7 +190,7 @@ def build_graph(model: nn.Module, example_inputs, exclude=()) -> ChannelGraph:
                 if s is not None:
                     b.freeze(s.elems, f"excluded by the user ('{name}' matches {pattern!r})")
     graph = _finalize(b)
-    graph.example_inputs = tuple(inputs)
+    graph.example_inputs = inputs
     return graph
 
 

@@ -58,7 +58,6 @@ class Op:
     measured_flops: int
     module: nn.Module | None = None
     module_name: str | None = None
-    raw_name: str = ""
 
 
 @dataclasses.dataclass
@@ -142,7 +141,7 @@ class _Recorder(TorchFunctionMode):
         if not any(True for _ in flatten_tensors(out)):
             return out                            # sizes, dtypes, bools: no value flows
         self.ops.append(Op(name, self.stack[-1], wrapped_args, wrapped_kwargs, self.outputs(out),
-                           self.flops.get_total_flops() - before, raw_name=getattr(func, "__name__", "")))
+                           self.flops.get_total_flops() - before))
         return out
 
     # -- module hooks ------------------------------------------------------------------------
@@ -165,8 +164,7 @@ class _Recorder(TorchFunctionMode):
                 with torch._C.DisableTorchFunction():
                     inputs, before = self.pending.pop()
                     self.ops.append(Op(type(module).__name__, self.stack[-1], inputs, {}, self.outputs(out),
-                                       self.flops.get_total_flops() - before, module, name,
-                                       type(module).__name__))
+                                       self.flops.get_total_flops() - before, module, name))
                     self.module_outputs.setdefault(name, []).extend(self.ops[-1].outputs)
 
 
