@@ -4,7 +4,7 @@ Run: ``python benchmarks/cifar_morphnet.py [--data ../shared/data] [--arms basel
 Recipe (every training run): ResNet-20, batch 128, SGD momentum 0.9 Nesterov, weight decay 5e-4,
 one-cycle schedule peaking at lr 0.1 (15% warm-up, cosine down), random crop (pad 4) + flip,
 15 epochs, seed 0; 45k training images, 5k held out for validation, accuracy on the 10k test images.
-Each arm is cached in ``~/.cache/netmorph-benchmarks/cifar/ARM.json`` (``NETMORPH_BENCH_CACHE`` moves
+Each arm is cached in ``benchmarks/results/cifar/ARM.json`` (``NETMORPH_BENCH_CACHE`` moves
 it) and checkpointed every epoch, so an interrupted run resumes where it stopped. About 2 hours on
 2 CPU cores.
 """
@@ -21,11 +21,14 @@ import torch
 import netmorph
 from netmorph.data import load_cifar10
 from netmorph.models import resnet20
+from netmorph.morph import regularize, save_atomic
+from netmorph.structure import Structure
 from netmorph.train import Recipe, evaluate, fit, make_optimizer
 from report import write_section
 
-# outside the work tree, so a later session on the same machine can resume (override: NETMORPH_BENCH_CACHE)
-CACHE = Path(os.environ.get("NETMORPH_BENCH_CACHE", Path.home() / ".cache" / "netmorph-benchmarks")) / "cifar"
+# finished arms (ARM.json) are committed so a later session, on any machine, skips them; the per-epoch
+# checkpoints (ARM.pt) are not (override the directory with NETMORPH_BENCH_CACHE)
+CACHE = Path(os.environ.get("NETMORPH_BENCH_CACHE", Path(__file__).resolve().parent / "results")) / "cifar"
 EXAMPLE = torch.zeros(1, 3, 32, 32)
 
 
@@ -43,7 +46,7 @@ def train_arm(name: str, model: torch.nn.Module, data, recipe: Recipe, reg=None,
         start, history = state["epoch"], state["history"]
         print(f"[{name}] resuming after epoch {start}", flush=True)
 
-    def checkpoint(epoch, opt, gen, hist):
+    def checkpoint(epoch, opt, gen, hist, position=None):
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
                     "epoch": epoch, "history": history + hist}, ckpt)
 
@@ -65,7 +68,42 @@ def arm_uniform(data, recipe):
     return train_arm("uniform_0.7", resnet20(width=0.7), data, recipe)
 
 
-ARMS = {"baseline": arm_baseline, "uniform_0.7": arm_uniform}
+SHRINK = 0.5     # MorphNet arms: regularize down to 50% of the FLOPs, then expand to the budget
+
+
+def arm_morph_regularize(data, recipe):
+    """MorphNet step 1-2: ResNet-20 trained 15 epochs with the FLOPs regularizer, strength found by
+    the controller, down to SHRINK of its FLOPs; the learned structure (picked on validation)."""
+    torch.manual_seed(recipe.seed)
+    model = resnet20()
+    full = netmorph.count_flops(model, EXAMPLE)
+    ckpt = CACHE / "morph_regularize.pt"
+    state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
+    t = time.time()
+    learned, cost, info = regularize(model, data[0], data[1], EXAMPLE, SHRINK * full, recipe, "flops",
+                                     log=lambda s: print(f"[morph_regularize] {s}", flush=True), state=state,
+                                     checkpoint=lambda s: save_atomic(s, ckpt))
+    return {"learned": learned.to_dict(), "learned_flops": cost, "reached_target": info.reached_target,
+            "strengths": info.strength_history, "costs": info.cost_history, "val_history": info.val_history,
+            "train_minutes": (time.time() - t) / 60, "flops": cost, "test_acc": None,
+            "params": netmorph.count_params(netmorph.apply_structure(model, learned, example_inputs=EXAMPLE))}
+
+
+def arm_morph(budget: float):
+    def run(data, recipe):
+        learned = Structure.from_dict(json.loads((CACHE / "morph_regularize.json").read_text())["learned"])
+        model = resnet20()
+        expanded = netmorph.expand(model, EXAMPLE, learned, budget * netmorph.count_flops(model, EXAMPLE))
+        torch.manual_seed(recipe.seed)
+        final = netmorph.apply_structure(model, expanded, init="fresh", example_inputs=EXAMPLE)
+        out = train_arm(f"morph_{budget:.0%}", final, data, recipe)
+        out.update(structure=expanded.to_dict(), omega=expanded.omega)
+        return out
+    return run
+
+
+ARMS = {"baseline": arm_baseline, "uniform_0.7": arm_uniform, "morph_regularize": arm_morph_regularize,
+        "morph_50%": arm_morph(0.5), "morph_100%": arm_morph(1.0)}
 
 
 def main():
@@ -73,8 +111,9 @@ def main():
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 to run two arms side by side)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     CACHE.mkdir(parents=True, exist_ok=True)
     data = load_cifar10(args.data)
     recipe = Recipe(epochs=args.epochs)
@@ -89,7 +128,8 @@ def main():
         if f.exists():
             r = json.loads(f.read_text())
             ratio = f"{r['flops'] / base['flops']:.1%}" if base else "-"
-            rows.append(f"| {arm} | {r['test_acc']:.2%} | {r['flops'] / 1e6:.2f} M | {ratio} | {r['params']:,} | "
+            acc = f"{r['test_acc']:.2%}" if r.get("test_acc") is not None else "(structure only)"
+            rows.append(f"| {arm} | {acc} | {r['flops'] / 1e6:.2f} M | {ratio} | {r['params']:,} | "
                         f"{r['train_minutes']:.0f} min |")
         else:
             rows.append(f"| {arm} | pending | | | | |")

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -25,7 +27,8 @@ from .costs import check_resource, count_cost
 from .expand import expand
 from .resize import apply_structure
 from .structure import Structure
-from .train import Recipe, evaluate as accuracy, fit, make_optimizer, one_cycle, train_epoch
+from . import dist
+from .train import Interrupted, Recipe, evaluate as accuracy, fit, make_optimizer, one_cycle, train_epoch
 
 FAMILY = {("gamma", "flops"): R.GammaFlopsRegularizer, ("gamma", "size"): R.GammaModelSizeRegularizer,
           ("gamma", "latency"): R.GammaLatencyRegularizer, ("weight", "flops"): R.GroupLassoFlopsRegularizer,
@@ -71,6 +74,28 @@ class Round:
     expanded: Structure
     reached_target: bool
 
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["learned"], d["expanded"] = self.learned.to_dict(), self.expanded.to_dict()
+        d["omega"] = getattr(self.expanded, "omega", None)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Round":
+        d = dict(d)
+        omega = d.pop("omega", None)
+        d["learned"], d["expanded"] = Structure.from_dict(d["learned"]), Structure.from_dict(d["expanded"])
+        d["expanded"].omega = omega
+        return cls(**d)
+
+
+def save_atomic(obj, path) -> None:
+    """``torch.save`` through a temporary file, so a crash never leaves a half-written checkpoint."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
 
 def initial_strength(reg, recipe: Recipe, n_train: int, target: float, approach: float) -> float:
     """A first strength (in units of 1 / cost) at which the proximal steps of the first ``approach``
@@ -89,77 +114,153 @@ def initial_strength(reg, recipe: Recipe, n_train: int, target: float, approach:
 
 def regularize(model, train, val, example_inputs, target: float, recipe: Recipe, resource="flops",
                hardware=None, strength: float | None = None, approach: float = 0.6, step: float = 1.5,
-               log: Callable = print) -> tuple[Structure, float, Round]:
+               log: Callable = print, on_batch=None, stop=None, state: dict | None = None,
+               checkpoint: Callable | None = None) -> tuple[Structure, float, Round]:
     """Train ``model`` with the regularizer, steering the alive cost down to ``target``; return the
-    structure chosen on the validation split, its cost, and the history."""
+    structure chosen on the validation split, its cost, and the history.
+
+    ``checkpoint(state)`` receives everything needed to continue (after every epoch, and when
+    ``stop()`` interrupts training, before :class:`~netmorph.train.Interrupted` propagates);
+    passing that ``state`` back resumes, with the same result as an uninterrupted run.
+    """
     reg = make_regularizer(model, example_inputs, resource, hardware)
-    initial = reg.cost()
-    if strength is None:
-        strength = initial_strength(reg, recipe, len(train[0]), target, approach)
     opt = make_optimizer(model, recipe, reg.source_parameters())
     gen = torch.Generator().manual_seed(recipe.seed)
-    strengths, costs, vals, candidates = [], [], [], []
-    start = initial
-    for epoch in range(recipe.epochs):
-        train_epoch(model, opt, *train, recipe, epoch, gen, reg, strength / initial)
-        cost, val_acc = reg.cost(), accuracy(model, *val)
-        strengths.append(strength)
-        costs.append(cost)
-        vals.append(val_acc)
-        candidates.append((cost, val_acc, reg.structure()))
-        path = max(target, start - (start - target) * (epoch + 1) / max(1, approach * recipe.epochs))
+    if state is None:
+        initial = reg.cost()
+        if strength is None:
+            strength = initial_strength(reg, recipe, len(train[0]), target, approach)
+        state = {"epoch": 0, "initial": initial, "strength": strength, "strengths": [], "costs": [], "vals": [],
+                 "candidates": [], "position": None}
+    else:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["generator"])
+        reg = make_regularizer(model, example_inputs, resource, hardware)
+    initial = state["initial"]
+
+    def save(position=None):
+        if checkpoint is not None:
+            checkpoint({**state, "model": model.state_dict(), "opt": opt.state_dict(), "generator": gen.get_state(),
+                        "position": position})
+
+    stepper = dist.wrap(model)
+    for epoch in range(state["epoch"], recipe.epochs):
+        strength = state["strength"]
+        try:
+            train_epoch(stepper, opt, *train, recipe, epoch, gen, reg, strength / initial, on_batch,
+                        position=state["position"], stop=stop)
+        except Interrupted as exc:
+            save(exc.position)
+            raise
+        state["position"] = None
+        cost, val_acc = reg.cost(), dist.mean(accuracy(model, *val))
+        state["strengths"].append(strength)
+        state["costs"].append(cost)
+        state["vals"].append(val_acc)
+        state["candidates"].append((cost, val_acc, reg.structure().to_dict()))
+        path = max(target, initial - (initial - target) * (epoch + 1) / max(1, approach * recipe.epochs))
         log(f"epoch {epoch + 1}/{recipe.epochs}: alive {resource} {cost:,.0f} ({cost / initial:.0%}), target path "
             f"{path:,.0f}, strength {strength:.3g}/cost, val acc {val_acc:.4f}")
-        strength = strength * step if cost > path else strength / step
+        state["strength"] = strength * step if cost > path else strength / step
+        state["epoch"] = epoch + 1
+        save()
+    candidates = state["candidates"]
     under = [c for c in candidates if c[0] <= target * 1.02]
     reached = bool(under)
     if reached:
-        cost, _, structure = max(under, key=lambda c: (c[1], c[0]))
+        cost, _, chosen = max(under, key=lambda c: (c[1], c[0]))
     else:
-        cost, _, structure = min(candidates, key=lambda c: c[0])
+        cost, _, chosen = min(candidates, key=lambda c: c[0])
         log(f"the regularizer did not bring the alive {resource} to the shrink target {target:,.0f} "
-            f"(lowest {cost:,.0f}); using the smallest structure seen. Train longer or shrink less.")
-    return structure, cost, Round(strengths, costs, vals, structure, cost, structure, reached)
+            f"(lowest {cost:,.0f}, {cost / initial:.0%} of the start); using the smallest structure seen. "
+            "Train for more epochs or shrink less.")
+    structure = Structure.from_dict(chosen)
+    return structure, cost, Round(state["strengths"], state["costs"], state["vals"], structure, cost, structure,
+                                  reached)
 
 
 def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budget="100%", shrink="50%",
           resource="flops", hardware=None, rounds: int = 1, recipe: Recipe | None = None,
-          final_recipe: Recipe | None = None, round_to: int = 1, log: Callable = print) -> dict:
+          final_recipe: Recipe | None = None, round_to: int = 1, log: Callable = print,
+          checkpoint_path=None, on_batch=None, stop=None, on_stage=None) -> dict:
     """MorphNet's Algorithm 1 on the network ``build_model()`` returns.
 
     ``budget``: the final network's cost, a fraction of the original (``"100%"``, ``0.5``) or an
     absolute number; ``shrink``: how far the regularized network must shrink before expanding
-    (default 50% of the current cost). Returns a dict with the final model, its structure, the
-    learned and expanded structures of every round and the test-free training history (the caller
-    evaluates on its test data).
+    (default 50% of the current cost). With ``checkpoint_path`` the whole loop saves its state
+    there after every epoch and continues from it when the file exists (same seed, same result).
+    ``stop()`` (polled after every step) interrupts cleanly: the state is saved and
+    :class:`~netmorph.train.Interrupted` propagates. ``on_stage(name, epochs)`` announces each
+    training stage (for progress bars). Returns a dict with the final model, its structure, the
+    rounds (learned and expanded structures, controller history), the final training history and
+    the costs; the caller evaluates on its own test data.
     """
     recipe = recipe or Recipe()
     final_recipe = final_recipe or recipe
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
+    path = Path(checkpoint_path) if checkpoint_path else None
+    state = torch.load(path, weights_only=False) if path is not None and path.exists() else \
+        {"rounds": [], "stage": None, "train": None}
+
+    def save():
+        if path is not None and dist.is_main():
+            save_atomic(state, path)
+
     torch.manual_seed(recipe.seed)
     model = build_model()
     graph_cost = lambda m: count_cost(m, example_inputs, resource, hardware)  # noqa: E731
     original = graph_cost(model)
     budget_abs = absolute(budget, original, "budget")
-    history = []
-    structure = None
-    for r in range(rounds):
+    history = [Round.from_dict(d) for d in state["rounds"]]
+    for r, done in enumerate(history):            # replay finished rounds: same seeds, same networks
+        torch.manual_seed(recipe.seed + r + 1)
+        model = apply_structure(model, done.expanded, init="fresh", example_inputs=example_inputs)
+    for r in range(len(history), rounds):
         current = graph_cost(model)
         target = absolute(shrink, current, "shrink")
         if target >= current:
             raise ValueError(f"the shrink target must be below the current cost ({current:,.0f}); got {shrink!r}")
         log(f"round {r + 1}/{rounds}: regularizing ({resource} {current:,.0f} -> shrink target {target:,.0f})")
+        if on_stage:
+            on_stage(f"round {r + 1}: regularize", recipe.epochs)
+
+        def keep(s, r=r):
+            state["stage"], state["train"] = f"regularize {r}", s
+            save()
+        resume = state["train"] if state["stage"] == f"regularize {r}" else None
         learned, learned_cost, info = regularize(model, train, val, example_inputs, target, recipe, resource,
-                                                 hardware, log=log)
+                                                 hardware, log=log, on_batch=on_batch, stop=stop, state=resume,
+                                                 checkpoint=keep)
         structure = expand(model, example_inputs, learned, budget_abs, resource, hardware, round_to)
         info.expanded = structure
         history.append(info)
+        state["rounds"].append(info.to_dict())
+        state["stage"], state["train"] = None, None
+        save()
         log(f"round {r + 1}: learned {resource} {learned_cost:,.0f}, expanded by omega {structure.omega:.3f} "
             f"to {structure.cost:,.0f} (budget {budget_abs:,.0f})")
         torch.manual_seed(recipe.seed + r + 1)
         model = apply_structure(model, structure, init="fresh", example_inputs=example_inputs)
     log(f"training the final structure from scratch for {final_recipe.epochs} epochs")
-    fit(model, train, val, final_recipe, log=log)
-    return {"model": model, "structure": structure, "rounds": history, "original_cost": original,
-            "final_cost": graph_cost(model), "budget": budget_abs}
+    if on_stage:
+        on_stage("final training", final_recipe.epochs)
+    opt, gen = make_optimizer(model, final_recipe), torch.Generator().manual_seed(final_recipe.seed)
+    done = state["train"] if state["stage"] == "final" else None
+    if done is not None:
+        model.load_state_dict(done["model"])
+        opt.load_state_dict(done["opt"])
+        gen.set_state(done["generator"])
+
+    def keep_final(epoch, opt, gen, hist, position=None):
+        state["stage"] = "final"
+        state["train"] = {"model": model.state_dict(), "opt": opt.state_dict(), "generator": gen.get_state(),
+                          "epoch": epoch, "history": hist, "position": position}
+        save()
+    final_history = fit(model, train, val, final_recipe, log=log, checkpoint=keep_final,
+                        start_epoch=done["epoch"] if done else 0, opt=opt, generator=gen, on_batch=on_batch,
+                        position=done["position"] if done else None, stop=stop,
+                        history=done["history"] if done else None)
+    return {"model": model, "structure": history[-1].expanded, "rounds": history, "original_cost": original,
+            "final_cost": graph_cost(model), "budget": budget_abs, "final_history": final_history}

@@ -73,21 +73,52 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / max(1, len(x))
 
 
+class Interrupted(Exception):
+    """Training stopped at a step boundary because ``stop()`` said so (Ctrl-C); ``position`` says
+    where, so a checkpoint taken now resumes exactly there."""
+
+    def __init__(self, position: dict):
+        super().__init__("training interrupted")
+        self.position = position
+
+
+def cross_entropy(outputs, inputs, targets):
+    """The default criterion: ``criterion(outputs, inputs, targets) -> loss``."""
+    return nn.functional.cross_entropy(outputs, targets)
+
+
 def train_epoch(model, opt, x, y, recipe: Recipe, epoch: int, generator: torch.Generator,
-                reg=None, strength: float = 0.0, on_batch: Callable | None = None) -> float:
-    """One epoch of the recipe; returns the mean training loss."""
+                reg=None, strength: float = 0.0, on_batch: Callable | None = None, criterion=cross_entropy,
+                position: dict | None = None, stop: Callable[[], bool] | None = None) -> float:
+    """One epoch of the recipe; returns the mean training loss.
+
+    ``position`` (from an :class:`Interrupted`) continues an epoch stopped half-way: the same
+    batch order, the generator state and the losses so far, so the result equals an uninterrupted
+    epoch. ``stop()`` is polled after every step. Under ``torch.distributed`` every rank draws the
+    same batches and trains on its own slice of each (the model is expected to be DDP-wrapped).
+    """
+    from . import dist
     model.train()
     steps_per_epoch = math.ceil(len(x) / recipe.batch_size)
     total = recipe.epochs * steps_per_epoch
-    order = torch.randperm(len(x), generator=generator)
-    losses = []
+    if position is None:
+        order, first, losses = torch.randperm(len(x), generator=generator), 0, []
+    else:
+        order, first, losses = position["order"], position["step"], list(position["losses"])
+        generator.set_state(position["generator"])
+    rank, world = dist.rank(), dist.world_size()
     for i, idx in enumerate(order.split(recipe.batch_size)):
+        if i < first:
+            continue
         step = epoch * steps_per_epoch + i
         lr = one_cycle(step, total, recipe.lr, recipe.warmup)
         for group in opt.param_groups:
             group["lr"] = lr
         xb = augment(x[idx], recipe.crop_padding, recipe.flip, generator)
-        loss = nn.functional.cross_entropy(model(xb), y[idx])
+        yb = y[idx]
+        if world > 1:
+            xb, yb = xb[rank::world], yb[rank::world]
+        loss = criterion(model(xb), xb, yb)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the training loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
                                      "lower the learning rate or the regularization strength")
@@ -96,22 +127,42 @@ def train_epoch(model, opt, x, y, recipe: Recipe, epoch: int, generator: torch.G
         opt.step()
         if reg is not None and strength:
             reg.proximal_step(lr, strength)
-        losses.append(loss.item())
+        losses.append(dist.mean(loss.item()))
         if on_batch is not None:
-            on_batch(i, steps_per_epoch, loss.item())
+            on_batch(i, steps_per_epoch, losses[-1])
+        if stop is not None and dist.any_true(stop()) and i + 1 < steps_per_epoch:
+            raise Interrupted({"epoch": epoch, "step": i + 1, "order": order, "losses": losses,
+                               "generator": generator.get_state()})
     return sum(losses) / max(1, len(losses))
 
 
 def fit(model, train, val, recipe: Recipe, reg=None, strength: float = 0.0, log=print,
-        checkpoint: Callable | None = None, start_epoch: int = 0, opt=None, generator=None) -> list[dict]:
-    """Train for ``recipe.epochs`` (from ``start_epoch``), logging loss and validation accuracy each epoch."""
+        checkpoint: Callable | None = None, start_epoch: int = 0, opt=None, generator=None,
+        criterion=cross_entropy, on_batch=None, position=None, stop=None, history=None) -> list[dict]:
+    """Train for ``recipe.epochs`` (from ``start_epoch``), logging loss and validation accuracy each epoch.
+
+    ``checkpoint(epochs_done, opt, generator, history, position=None)`` is called after every epoch
+    and, with the mid-epoch ``position``, when ``stop()`` interrupts training (``position`` and
+    ``history`` passed back continue it exactly). Under
+    ``torch.distributed`` the model is wrapped in DistributedDataParallel for the steps.
+    """
+    from . import dist
     generator = generator or torch.Generator().manual_seed(recipe.seed)
     opt = opt or make_optimizer(model, recipe, reg.source_parameters() if reg is not None else ())
-    history = []
+    history = list(history or [])
+    stepper = dist.wrap(model)
     for epoch in range(start_epoch, recipe.epochs):
         t = time.time()
-        loss = train_epoch(model, opt, *train, recipe, epoch, generator, reg, strength)
-        row = {"epoch": epoch + 1, "loss": loss, "val_acc": evaluate(model, *val), "seconds": time.time() - t}
+        try:
+            loss = train_epoch(stepper, opt, *train, recipe, epoch, generator, reg, strength, on_batch, criterion,
+                               position, stop)
+        except Interrupted as exc:
+            if checkpoint is not None:
+                checkpoint(epoch, opt, generator, history, exc.position)
+            raise
+        position = None
+        row = {"epoch": epoch + 1, "loss": loss, "val_acc": dist.mean(evaluate(model, *val)),
+               "seconds": time.time() - t}
         if reg is not None:
             row["cost"] = reg.cost()
         history.append(row)

@@ -1,0 +1,67 @@
+"""The few ``torch.distributed`` facts training needs, all no-ops in a single process.
+
+Under ``torchrun --nproc_per_node=N`` every rank runs the same code: :func:`setup` joins the process
+group (gloo on CPU, NCCL when each rank has a GPU), :func:`wrap` puts the model in
+DistributedDataParallel for the training steps, and the helpers below keep every decision that
+depends on a measured number (validation accuracy, a loss, Ctrl-C) identical on all ranks, so
+every rank learns the same structure. Only rank 0 writes files (:func:`is_main`).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as td
+
+
+def setup() -> None:
+    """Join the process group torchrun describes in the environment (nothing without it)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not td.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        td.init_process_group(backend)
+
+
+def active() -> bool:
+    return td.is_available() and td.is_initialized() and td.get_world_size() > 1
+
+
+def rank() -> int:
+    return td.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return td.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def mean(value: float) -> float:
+    """The mean of ``value`` over the ranks."""
+    if not active():
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    td.all_reduce(t)
+    return float(t.item()) / td.get_world_size()
+
+
+def any_true(flag: bool) -> bool:
+    """True on every rank if it is true on any."""
+    if not active():
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0])
+    td.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+def wrap(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel when running under torch.distributed, else itself."""
+    if not active():
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model)
+
+
+def barrier() -> None:
+    if active():
+        td.barrier()
