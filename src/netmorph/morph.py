@@ -131,7 +131,7 @@ def regularize(model, train, val, example_inputs, target: float, recipe: Recipe,
         if strength is None:
             strength = initial_strength(reg, recipe, len(train[0]), target, approach)
         state = {"epoch": 0, "initial": initial, "strength": strength, "strengths": [], "costs": [], "vals": [],
-                 "candidates": [], "position": None}
+                 "best": None, "position": None}
     else:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
@@ -158,26 +158,27 @@ def regularize(model, train, val, example_inputs, target: float, recipe: Recipe,
         state["strengths"].append(strength)
         state["costs"].append(cost)
         state["vals"].append(val_acc)
-        state["candidates"].append((cost, val_acc, reg.structure().to_dict()))
+        # the pick: among epochs at or under the target, the best validation accuracy; else the cheapest
+        key = (1, val_acc, cost) if cost <= target * 1.02 else (0, -cost, 0)
+        if state["best"] is None or tuple(key) > tuple(state["best"]["key"]):
+            state["best"] = {"key": key, "cost": cost, "epoch": epoch + 1, "structure": reg.structure().to_dict(),
+                             "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         path = max(target, initial - (initial - target) * (epoch + 1) / max(1, approach * recipe.epochs))
         log(f"epoch {epoch + 1}/{recipe.epochs}: alive {resource} {cost:,.0f} ({cost / initial:.0%}), target path "
             f"{path:,.0f}, strength {strength:.3g}/cost, val acc {val_acc:.4f}")
         state["strength"] = strength * step if cost > path else strength / step
         state["epoch"] = epoch + 1
         save()
-    candidates = state["candidates"]
-    under = [c for c in candidates if c[0] <= target * 1.02]
-    reached = bool(under)
-    if reached:
-        cost, _, chosen = max(under, key=lambda c: (c[1], c[0]))
-    else:
-        cost, _, chosen = min(candidates, key=lambda c: c[0])
+    best = state["best"]
+    cost, structure = best["cost"], Structure.from_dict(best["structure"])
+    reached = best["key"][0] == 1
+    if not reached:
         log(f"the regularizer did not bring the alive {resource} to the shrink target {target:,.0f} "
             f"(lowest {cost:,.0f}, {cost / initial:.0%} of the start); using the smallest structure seen. "
             "Train for more epochs or shrink less.")
-    structure = Structure.from_dict(chosen)
-    return structure, cost, Round(state["strengths"], state["costs"], state["vals"], structure, cost, structure,
-                                  reached)
+    info = Round(state["strengths"], state["costs"], state["vals"], structure, cost, structure, reached)
+    info.state, info.epoch = best["model"], best["epoch"]
+    return structure, cost, info
 
 
 def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budget="100%", shrink="50%",
@@ -193,8 +194,9 @@ def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budg
     ``stop()`` (polled after every step) interrupts cleanly: the state is saved and
     :class:`~netmorph.train.Interrupted` propagates. ``on_stage(name, epochs)`` announces each
     training stage (for progress bars). Returns a dict with the final model, its structure, the
-    rounds (learned and expanded structures, controller history), the final training history and
-    the costs; the caller evaluates on its own test data.
+    rounds (:class:`Round`: learned and expanded structures, controller history, and ``.state``,
+    the regularized network's weights at the epoch its structure was picked), the final training
+    history and the costs; the caller evaluates on its own test data.
     """
     recipe = recipe or Recipe()
     final_recipe = final_recipe or recipe
@@ -202,7 +204,7 @@ def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budg
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     path = Path(checkpoint_path) if checkpoint_path else None
     state = torch.load(path, weights_only=False) if path is not None and path.exists() else \
-        {"rounds": [], "stage": None, "train": None}
+        {"rounds": [], "learned_models": [], "stage": None, "train": None}
 
     def save():
         if path is not None and dist.is_main():
@@ -214,6 +216,8 @@ def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budg
     original = graph_cost(model)
     budget_abs = absolute(budget, original, "budget")
     history = [Round.from_dict(d) for d in state["rounds"]]
+    for done, weights in zip(history, state["learned_models"]):
+        done.state = weights
     for r, done in enumerate(history):            # replay finished rounds: same seeds, same networks
         torch.manual_seed(recipe.seed + r + 1)
         model = apply_structure(model, done.expanded, init="fresh", example_inputs=example_inputs)
@@ -237,6 +241,7 @@ def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budg
         info.expanded = structure
         history.append(info)
         state["rounds"].append(info.to_dict())
+        state["learned_models"].append(info.state)
         state["stage"], state["train"] = None, None
         save()
         log(f"round {r + 1}: learned {resource} {learned_cost:,.0f}, expanded by omega {structure.omega:.3f} "

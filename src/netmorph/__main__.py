@@ -1,0 +1,4 @@
+"""``python -m netmorph`` (and ``torchrun -m netmorph``) runs the ``netmorph`` command."""
+from .cli import entry
+
+entry()

@@ -1,0 +1,71 @@
+"""The ``netmorph`` command: ``morph``, ``tas``, ``explain``, ``prune``, ``expand``.
+
+Bad input ends with one line, ``netmorph: error: ...``, naming the problem and the fix, and exit
+code 2 (1 when training itself fails, e.g. a NaN loss; 130 after Ctrl-C, with a checkpoint saved).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import dist
+from ..graph import GraphRecordError
+from . import morph_cmd, tools_cmd
+from .common import UsageError, say
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage dump): ``netmorph morph: error: ... (see --help)``."""
+
+    def error(self, message):
+        if message.endswith("expected one argument"):
+            message += " (a value starting with '-' goes after '=', like --budget=-5%)"
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = Parser(prog="netmorph", description="Learn the channel structure of a PyTorch network "
+                                "under a FLOPs, size or latency budget (MorphNet, TAS).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    morph_cmd.add_parser(sub)
+    tools_cmd.add_parsers(sub)
+    return p
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    dist.setup()
+    try:
+        return args.run(args)
+    except UsageError as exc:
+        print(f"netmorph: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, GraphRecordError) as exc:
+        print(f"netmorph: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except FloatingPointError as exc:
+        _mark_failed(args, exc)
+        print(f"netmorph: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        say("interrupted; the last checkpoint (end of the previous epoch) is kept: continue with --resume")
+        return 130
+
+
+def _mark_failed(args, exc) -> None:
+    out = getattr(args, "out", None)
+    if out and dist.is_main():
+        from pathlib import Path
+        path = Path(out)
+        if path.is_dir():
+            (path / "FAILED.txt").write_text(f"{_one_line(exc)}\n")
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""What every ``netmorph`` subcommand shares: turning flags into models, resources and budgets,
+the run directory, Ctrl-C handling and progress output. Bad input raises :class:`UsageError` with
+one line naming the problem and the fix; ``netmorph.cli.main`` prints it and exits non-zero."""
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import dist
+from ..costs import HARDWARE, get_hardware
+from ..models import MODELS
+
+#: the input each built-in network was designed for (C, H, W)
+BUILTIN_INPUT = {"tiny": (1, 8, 8)}
+DEFAULT_INPUT = (3, 32, 32)
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+def parse_resource(text: str) -> tuple[str, str | None]:
+    """``flops``, ``size``, ``latency`` or ``latency:HW`` -> (resource, hardware name or None)."""
+    kind, _, hw = text.partition(":")
+    if kind not in ("flops", "size", "latency"):
+        raise UsageError(f"unknown --resource {text!r}: use flops, size, latency or latency:HW "
+                         f"(HW one of {', '.join(HARDWARE)})")
+    if hw and kind != "latency":
+        raise UsageError(f"--resource {text!r}: only latency takes a hardware name (latency:{hw})")
+    if kind == "latency":
+        hw = hw or "V100"
+        try:
+            get_hardware(hw)
+        except ValueError:
+            raise UsageError(f"unknown hardware {hw!r} in --resource {text}: known hardware is "
+                             f"{', '.join(HARDWARE)}") from None
+    return kind, hw or None
+
+
+def parse_amount(text: str, what: str, below_100: bool = False):
+    """``50%``, a fraction (<= 2) or an absolute number, as given to ``morph.absolute``; checked > 0."""
+    t = str(text).strip()
+    try:
+        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise UsageError(f"{what} {text!r} is not a number: give a percentage like 50% or a number") from None
+    if not value > 0 or value != value:
+        raise UsageError(f"{what} must be greater than 0, got {text!r}")
+    if below_100 and t.endswith("%") and value >= 1:
+        raise UsageError(f"{what} {text!r} must be below 100%: the network shrinks to it before expanding")
+    if below_100 and not t.endswith("%") and value >= 1 and value <= 2:
+        raise UsageError(f"{what} {text!r} must be below 1 (a fraction of the cost) or an absolute cost")
+    return t if t.endswith("%") else value
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be >= 1 (epochs, rounds)."""
+    import argparse
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text} (use at least 1)")
+    return value
+
+
+def _accepts(fn, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def load_model(spec: str, num_classes: int | None = None, in_channels: int | None = None) -> nn.Module:
+    """A built-in name (``resnet20``...) or ``module:function`` (called with ``num_classes`` /
+    ``in_channels`` if it takes them); the current directory is importable."""
+    if ":" not in spec:
+        if spec not in MODELS:
+            raise UsageError(f"unknown model {spec!r}: use a built-in ({', '.join(sorted(MODELS))}) or "
+                             "module:function returning your nn.Module")
+        fn = MODELS[spec]
+    else:
+        mod_name, _, fn_name = spec.partition(":")
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            module = importlib.import_module(mod_name)
+        except Exception as exc:  # noqa: BLE001 - any import failure is the user's to fix
+            raise UsageError(f"--model {spec}: cannot import module {mod_name!r} ({type(exc).__name__}: {exc}); "
+                             "run from the directory that holds it or add it to PYTHONPATH") from None
+        fn = getattr(module, fn_name, None)
+        if not callable(fn):
+            raise UsageError(f"--model {spec}: module {mod_name!r} has no function {fn_name!r}")
+    kwargs = {}
+    if num_classes is not None and _accepts(fn, "num_classes"):
+        kwargs["num_classes"] = num_classes
+    if in_channels is not None and _accepts(fn, "in_channels"):
+        kwargs["in_channels"] = in_channels
+    try:
+        model = fn(**kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise UsageError(f"--model {spec}: calling it failed ({type(exc).__name__}: {exc})") from None
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"--model {spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def input_shape(spec: str, text: str | None) -> tuple[int, ...]:
+    """``--input-shape C,H,W`` or the built-in model's own input."""
+    if text:
+        try:
+            shape = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            shape = ()
+        if not shape or any(v < 1 for v in shape):
+            raise UsageError(f"--input-shape {text!r}: give positive sizes without the batch, like 3,32,32")
+        return shape
+    if ":" in spec:
+        raise UsageError(f"--model {spec}: say what it takes with --input-shape C,H,W (batch excluded)")
+    return BUILTIN_INPUT.get(spec, DEFAULT_INPUT)
+
+
+# -- the run directory ------------------------------------------------------------------------------
+COMPLETE = "metrics.json"       # written last: a run directory without it is not finished
+
+
+def prepare_out(out: str | None, command: str, model: str, resume: bool) -> Path:
+    """The run directory: new (refused if it exists) or, with ``--resume``, an unfinished one."""
+    if out is None:
+        if resume:
+            raise UsageError("--resume needs --out DIR: the run directory to continue")
+        out = os.path.join("runs", f"{command}-{model.replace(':', '.').replace('/', '.')}-"
+                                   f"{time.strftime('%Y%m%d-%H%M%S')}")
+    path = Path(out)
+    if resume:
+        if not (path / "config.json").exists():
+            raise UsageError(f"--resume: {path} is not a netmorph run directory (no config.json); start a new run "
+                             "without --resume")
+        if (path / COMPLETE).exists():
+            raise UsageError(f"--resume: the run in {path} is already finished ({COMPLETE} exists)")
+    elif path.exists() and any(path.iterdir()):
+        raise UsageError(f"run directory {path} already exists: continue it with --resume or choose another --out")
+    return path
+
+
+def write_json(path: Path, data) -> None:
+    if dist.is_main():
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+
+
+# -- Ctrl-C -----------------------------------------------------------------------------------------
+class StopFlag:
+    """The first Ctrl-C asks training to stop at the next step (it checkpoints there); a second
+    one interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+            say("Ctrl-C: stopping after this step and saving a checkpoint (press again to quit at once)")
+        self._old = signal.signal(signal.SIGINT, handler)
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._old)
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+# -- output -----------------------------------------------------------------------------------------
+_LOG: list[Path] = []
+
+
+def say(message: str) -> None:
+    """A line for the user (rank 0 only), also appended to the run's log.txt once it exists."""
+    if not dist.is_main():
+        return
+    print(message, file=sys.stderr, flush=True)
+    for path in _LOG:
+        with open(path, "a") as fh:
+            fh.write(message + "\n")
+
+
+def log_to(path: Path) -> None:
+    _LOG.clear()
+    _LOG.append(path)
+
+
+class Progress:
+    """A progress bar per training stage when ``rich`` is installed and stderr is a terminal;
+    in any case one line per epoch (loss, validation accuracy, alive cost) in the log."""
+
+    def __init__(self):
+        self.bar = None
+        self.task = None
+        self.stage_steps = 0
+        if sys.stderr.isatty() and dist.is_main():
+            try:
+                from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
+                self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(),
+                                        TextColumn("{task.completed}/{task.total} steps  loss {task.fields[loss]}"),
+                                        TimeRemainingColumn(), transient=False)
+            except ImportError:
+                self.bar = None
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+
+    def stage(self, name: str, epochs: int, steps_per_epoch: int) -> None:
+        say(f"== {name} ({epochs} epochs)")
+        if self.bar is not None:
+            self.task = self.bar.add_task(name, total=epochs * steps_per_epoch, loss="-")
+
+    def step(self, i: int, n: int, loss: float) -> None:
+        if self.bar is not None and self.task is not None:
+            self.bar.update(self.task, advance=1, loss=f"{loss:.3f}")

@@ -1,0 +1,276 @@
+"""``netmorph morph``: MorphNet's loop on a built-in or user network, into a run directory.
+
+Order of work: check every flag, load the data and the model, check the budget can be met (all
+before the run directory exists); train the original network as the baseline the result must
+beat (``--no-baseline`` skips it); run :func:`netmorph.morph.morph` with a checkpoint after every
+epoch; then write the structures, the final model, the metrics and the pictures, ``metrics.json``
+last (a run directory without it is unfinished and ``--resume`` continues it).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import dist
+from ..datasets import load_data
+from ..expand import widths_cost
+from ..graph import GraphRecordError, build_graph
+from ..morph import absolute, make_regularizer, morph, save_atomic
+from ..resize import apply_structure
+from ..surgery import prune
+from ..train import Interrupted, fit, make_optimizer
+from . import common as C
+from .report import metrics, plot_training, plot_widths, table
+
+EPILOG = """examples:
+  netmorph morph                                   # built-in digits + tiny CNN, FLOPs budget 100%
+  netmorph morph --model resnet20 --data cifar10:../shared/data --budget 50% --out runs/r20
+  netmorph morph --model mynet:build --data folder:~/pics --resource latency:P100 --budget 70%
+  netmorph morph --resume --out runs/r20           # continue an interrupted run
+  torchrun --nproc_per_node=2 -m netmorph morph ...  # the same, data-parallel (gloo on CPU)
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("morph", help="learn a structure with MorphNet and train it (shrink, expand, retrain)",
+                       description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common(p)
+    p.add_argument("--resource", default="flops", help="flops, size (weights), latency or latency:HW "
+                   "(roofline; HW a name from netmorph.HARDWARE, default V100). Default: flops")
+    p.add_argument("--budget", default="100%", help="cost of the final network: a percentage of the original "
+                   "(100%% = same cost, better network; above 100%% grows it), a fraction, or an absolute "
+                   "number in the resource's unit. Default: 100%%")
+    p.add_argument("--shrink", default="50%", help="how far the regularizer shrinks the network before it is "
+                   "expanded to the budget: a percentage (below 100%%) of the current cost or an absolute cost. "
+                   "Default: 50%%, deep enough to show which layers matter, shallow enough to reach in a short run")
+    p.add_argument("--rounds", type=C.positive_int, default=1, help="shrink-expand rounds (default 1)")
+    p.add_argument("--round-to", type=C.positive_int, default=1, help="widths become multiples of this (default 1)")
+    p.add_argument("--no-baseline", action="store_true", help="do not train the original network for comparison")
+    p.set_defaults(run=run)
+
+
+def add_common(p) -> None:
+    p.add_argument("--model", default="tiny", help="a built-in network (tiny, resnet20, resnet56, mobilenetv2, "
+                   "vgg11, inception, densenet, senet) or module:function returning your nn.Module. Default: tiny")
+    p.add_argument("--data", default=None, help="nothing for the built-in 8x8 digits (scikit-learn), "
+                   "cifar10:PATH, or folder:PATH (one sub-directory of images per class)")
+    p.add_argument("--image-size", type=C.positive_int, default=32, help="folder data: resize images to this")
+    p.add_argument("--epochs", type=C.positive_int, default=None,
+                   help="epochs of every training run (default: 30 for digits, 15 otherwise)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--batch-size", type=C.positive_int, default=None, help="batch size (all ranks together)")
+    p.add_argument("--seed", type=int, default=0, help="seed: the same seed gives the same structure (default 0)")
+    p.add_argument("--out", default=None, help="run directory (default runs/<command>-<model>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
+
+
+def recipe_for(args, data):
+    changes = {"seed": args.seed}
+    if args.epochs is not None:
+        changes["epochs"] = args.epochs
+    if args.lr is not None:
+        if not (args.lr > 0 and math.isfinite(args.lr)):
+            raise C.UsageError(f"--lr must be a positive number, got {args.lr}")
+        changes["lr"] = args.lr
+    if args.batch_size is not None:
+        changes["batch_size"] = args.batch_size
+    return dataclasses.replace(data.recipe, **changes)
+
+
+def setup(args, command: str):
+    """Everything that can be checked before the run directory exists: returns (data, build, recipe, out)."""
+    out = C.prepare_out(args.out, command, args.model, resume=args.resume)
+    args.out = str(out)
+    try:
+        data = load_data(args.data, seed=args.seed, image_size=args.image_size)
+    except ValueError as exc:
+        raise C.UsageError(str(exc)) from None
+    recipe = recipe_for(args, data)
+    in_ch = int(data.example.shape[1])
+    C.load_model(args.model, data.num_classes, in_ch)          # fails early on a bad --model
+
+    def build():
+        return C.load_model(args.model, data.num_classes, in_ch)
+    try:
+        build_graph(build(), data.example)
+    except GraphRecordError as exc:
+        raise C.UsageError(f"--model {args.model} does not run on the data's inputs "
+                           f"{tuple(data.example.shape)}: {str(exc).splitlines()[0]}") from None
+    return data, build, recipe, out
+
+
+def check_budget(build, example, budget_abs, resource, hardware) -> None:
+    """Refuse a budget the network cannot meet whatever the regularizer does."""
+    graph = build_graph(build(), example)
+    changeable = [g for g, grp in enumerate(graph.groups) if grp.frozen is None]
+    frozen = widths_cost(graph, {g: 0 for g in changeable}, resource, hardware)
+    smallest = widths_cost(graph, {g: 1 for g in changeable}, resource, hardware)
+    if budget_abs < smallest:
+        raise C.UsageError(f"--budget {budget_abs:,.0f} {resource} is unreachable: the channels that cannot change "
+                           f"already cost {frozen:,.0f} (see netmorph explain) and the smallest network, every "
+                           f"changeable layer at one channel, {smallest:,.0f}; raise the budget")
+
+
+def train_baseline(build, data, recipe, out: Path, stop, progress) -> tuple:
+    """The original network, trained with the same recipe (resumable from ``baseline.pt``)."""
+    ckpt = out / "baseline.pt"
+    torch.manual_seed(recipe.seed)
+    model = build()
+    opt, gen = make_optimizer(model, recipe), torch.Generator().manual_seed(recipe.seed)
+    saved = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        gen.set_state(saved["generator"])
+        if saved["epoch"] >= recipe.epochs and saved["position"] is None:
+            return model, saved["history"]
+
+    def keep(epoch, opt, gen, hist, position=None):
+        if dist.is_main():
+            save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "generator": gen.get_state(),
+                         "epoch": epoch, "history": hist, "position": position}, ckpt)
+    progress.stage("original network (baseline)", recipe.epochs - (saved["epoch"] if saved else 0),
+                   math.ceil(len(data.train[0]) / recipe.batch_size))
+    history = fit(model, data.train, data.val, recipe, log=lambda s: C.say(f"  baseline {s}"), checkpoint=keep,
+                  start_epoch=saved["epoch"] if saved else 0, opt=opt, generator=gen, on_batch=progress.step,
+                  position=saved["position"] if saved else None, stop=stop,
+                  history=saved["history"] if saved else None)
+    return model, history
+
+
+def learned_model(build, result, example, recipe, resource, hardware):
+    """The last round's regularized network at the epoch its structure was picked, its dead channels
+    removed: what the regularizer learned, as a real network."""
+    torch.manual_seed(recipe.seed)
+    model = build()
+    for r, info in enumerate(result["rounds"][:-1]):
+        torch.manual_seed(recipe.seed + r + 1)
+        model = apply_structure(model, info.expanded, init="fresh", example_inputs=example)
+    model.load_state_dict(result["rounds"][-1].state)
+    return prune(model, make_regularizer(model, example, resource, hardware))
+
+
+def restore(args, command: str) -> None:
+    """With ``--resume``, the flags the run was started with (saved in its config.json) replace these."""
+    if args.resume:
+        out = C.prepare_out(args.out, command, args.model, resume=True)
+        saved = json.loads((out / "config.json").read_text())
+        if saved.get("command") != command:
+            raise C.UsageError(f"--resume: {out} is a 'netmorph {saved.get('command')}' run, not '{command}'")
+        args.__dict__.update({k: v for k, v in saved["args"].items() if k not in ("resume", "out")})
+
+
+def run(args) -> int:
+    restore(args, "morph")
+    resource, hardware = C.parse_resource(args.resource)
+    budget = C.parse_amount(args.budget, "--budget")
+    shrink = C.parse_amount(args.shrink, "--shrink", below_100=True)
+    data, build, recipe, out = setup(args, "morph")
+    from ..costs import count_cost
+    original_cost = count_cost(build(), data.example, resource, hardware)
+    budget_abs = absolute(budget, original_cost, "budget")
+    if absolute(shrink, original_cost, "shrink") >= original_cost:
+        raise C.UsageError(f"--shrink {args.shrink} is not below the original cost ({original_cost:,.0f} "
+                           f"{resource}); give a percentage below 100% or a smaller absolute cost")
+    check_budget(build, data.example, budget_abs, resource, hardware)
+
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "FAILED.txt").unlink(missing_ok=True)
+        C.write_json(out / "config.json", {"command": "morph", "args": {k: v for k, v in vars(args).items()
+                                                                        if k != "run"},
+                                           "torch": torch.__version__, "world_size": dist.world_size()})
+    dist.barrier()
+    C.log_to(out / "log.txt")
+    C.say(f"netmorph morph: {args.model} on {data.name} ({len(data.train[0])} train / {len(data.val[0])} val / "
+          f"{len(data.test[0])} test), {resource} {original_cost:,.0f} -> budget {budget_abs:,.0f}; run directory "
+          f"{out}")
+    steps = math.ceil(len(data.train[0]) / recipe.batch_size)
+    with C.StopFlag() as stop, C.Progress() as progress:
+        try:
+            baseline, base_hist = (None, None) if args.no_baseline else \
+                train_baseline(build, data, recipe, out, stop, progress)
+            result = morph(build, data.train, data.val, data.example, budget=budget, shrink=shrink,
+                           resource=resource, hardware=hardware, rounds=args.rounds, recipe=recipe,
+                           round_to=args.round_to, log=lambda s: C.say(f"  {s}"),
+                           checkpoint_path=out / "checkpoint.pt", on_batch=progress.step, stop=stop,
+                           on_stage=lambda name, epochs: progress.stage(name, epochs, steps))
+        except Interrupted:
+            C.say(f"interrupted: checkpoint saved in {out}; continue with: netmorph morph --resume --out {out}")
+            return 130
+    report(args, out, data, build, recipe, resource, hardware, result, baseline, base_hist)
+    return 0
+
+
+def report(args, out, data, build, recipe, resource, hardware, result, baseline, base_hist) -> None:
+    example = data.example
+    final = result["model"]
+    learned = learned_model(build, result, example, recipe, resource, hardware)
+    agree = ranks_agree(result)
+    if not dist.is_main():
+        return
+    for r, info in enumerate(result["rounds"]):
+        info.learned.save(out / f"round{r + 1}_learned_structure.json")
+        info.expanded.save(out / f"round{r + 1}_expanded_structure.json")
+    (out / "final").mkdir(exist_ok=True)
+    result["structure"].save(out / "final" / "structure.json")
+    torch.save(final.state_dict(), out / "final" / "model.pt")
+    models = {"original": baseline if baseline is not None else build(), "learned": learned, "final": final}
+    rows = metrics(models, data.test, example, resource, hardware)
+    if baseline is None:
+        rows["original"]["test_acc"] = None
+    last = result["rounds"][-1]
+    widths_ok = plot_widths(out / "widths.png", result["rounds"][0].learned.original,
+                            {"learned": last.learned, "final": result["structure"]})
+    targets = [absolute(args.shrink if isinstance(args.shrink, str) else args.shrink, c, "shrink")
+               for c in [result["original_cost"]] + [float(i.expanded.cost) for i in result["rounds"][:-1]]]
+    curves_ok = plot_training(out / "training.png", result["rounds"], result["final_history"], base_hist,
+                              result["original_cost"], targets, resource)
+    text = [f"# netmorph morph: {args.model} on {data.name}", "",
+            f"Budget {result['budget']:,.0f} {resource} ({result['budget'] / result['original_cost']:.0%} of the "
+            f"original); shrink target {args.shrink}; {args.rounds} round(s) of {recipe.epochs} epochs; seed "
+            f"{args.seed}. The final structure is omega = {result['structure'].omega:.3f} x the learned one.", "",
+            table(rows, resource), "",
+            "original: the network as given" + (", trained with the same recipe" if baseline is not None else
+                                                 " (untrained: --no-baseline)") +
+            "; learned: the regularized network at the epoch its structure was picked, dead channels removed; "
+            "final: the expanded structure trained from scratch.", ""]
+    if not last.reached_target:
+        text.append(f"Note: the regularizer did not reach the shrink target {args.shrink}; the smallest structure "
+                    "seen was used. Train longer (--epochs) or shrink less (--shrink).")
+    if not (widths_ok and curves_ok):
+        text.append("Pictures skipped: matplotlib is not installed (pip install 'netmorph[cli]').")
+    text += ["", "Reload the final model:", "", "```python",
+             "import torch, netmorph", "structure = netmorph.Structure.load('final/structure.json')",
+             f"model = netmorph.apply_structure(<your model builder>(), structure)   # {args.model}",
+             "model.load_state_dict(torch.load('final/model.pt'))", "```"]
+    (out / "metrics.md").write_text("\n".join(text) + "\n")
+    summary = {"models": rows, "budget": result["budget"], "original_cost": result["original_cost"],
+               "final_cost": result["final_cost"], "resource": resource, "omega": result["structure"].omega,
+               "rounds": [i.to_dict() for i in result["rounds"]], "final_history": result["final_history"],
+               "baseline_history": base_hist, "ranks": agree}
+    C.say("\n" + table(rows, resource) + f"\n\nrun directory: {out}  (metrics.md, widths.png, training.png, "
+          "final/structure.json + final/model.pt)")
+    C.write_json(out / C.COMPLETE, summary)                    # last: marks the run finished
+
+
+def ranks_agree(result) -> dict:
+    """Under torch.distributed: every rank's learned structures, and whether they are identical."""
+    mine = json.dumps([dict(i.learned) for i in result["rounds"]], sort_keys=True)
+    if not dist.active():
+        return {"world_size": 1, "agree": True}
+    gathered = [None] * dist.world_size()
+    torch.distributed.all_gather_object(gathered, mine)
+    digests = [hashlib.sha256(g.encode()).hexdigest()[:16] for g in gathered]
+    if len(set(digests)) > 1:
+        C.say(f"warning: the ranks learned different structures ({digests}); using rank 0's")
+    return {"world_size": len(gathered), "agree": len(set(digests)) == 1, "digests": digests,
+            "structures": [json.loads(g) for g in gathered]}

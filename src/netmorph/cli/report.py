@@ -1,0 +1,135 @@
+"""The end of a run: measured latency, the metrics table and the pictures.
+
+Latency is *measured*: the networks run one after another, interleaved, on the same batch of test
+images on this CPU (eval mode, no grad, after a warm-up), and each one's median wall time is
+reported, so machine noise hits all of them alike. Pictures need matplotlib (``pip install
+'netmorph[cli]'``); without it the run says so in ``metrics.md`` and still finishes.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from ..costs import count_cost, count_flops, count_params
+from ..train import evaluate
+
+
+@torch.no_grad()
+def measure_latency(models: dict, x: torch.Tensor, repeats: int = 20, warmup: int = 3) -> dict:
+    """Median milliseconds of one forward pass of each model on ``x``, interleaved."""
+    for m in models.values():
+        m.eval()
+    times = {k: [] for k in models}
+    for i in range(warmup + repeats):
+        for name, m in models.items():
+            t = time.perf_counter()
+            m(x)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t)
+    return {k: 1000 * float(np.median(v)) for k, v in times.items()}
+
+
+def metrics(models: dict, test, example, resource: str, hardware, batch: int = 64) -> dict:
+    """Accuracy, FLOPs, parameters, the chosen resource and measured latency of every model."""
+    xb = test[0][:batch]
+    latency = measure_latency(models, xb)
+    out = {}
+    for name, m in models.items():
+        row = {"test_acc": evaluate(m, *test), "flops": count_flops(m, example), "params": count_params(m),
+               "latency_ms": latency[name], "latency_batch": len(xb)}
+        if resource != "flops":
+            row[resource] = count_cost(m, example, resource, hardware)
+        out[name] = row
+    return out
+
+
+def table(rows: dict, resource: str) -> str:
+    """A markdown table, one column per model, ratios against the first."""
+    names = list(rows)
+    first = rows[names[0]]
+    lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+
+    def line(label, key, fmt, ratio=True):
+        cells = []
+        for n in names:
+            v = rows[n].get(key)
+            if v is None:
+                cells.append("-")
+                continue
+            cell = fmt(v)
+            if ratio and n != names[0] and first.get(key):
+                cell += f" ({v / first[key]:.0%})"
+            cells.append(cell)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    line("test accuracy", "test_acc", lambda v: f"{v:.2%}", ratio=False)
+    line("FLOPs (batch 1)", "flops", lambda v: f"{v:,.0f}")
+    line("parameters", "params", lambda v: f"{v:,.0f}")
+    if resource == "size":
+        line("model size (weights)", "size", lambda v: f"{v:,.0f}")
+    if resource == "latency":
+        line("roofline latency (ns)", "latency", lambda v: f"{v:,.0f}")
+    batch = rows[names[0]]["latency_batch"]
+    line(f"measured CPU latency (ms, batch {batch})", "latency_ms", lambda v: f"{v:.2f}")
+    return "\n".join(lines)
+
+
+def plot_widths(path, original: dict, columns: dict) -> bool:
+    """Per-layer output widths, one bar per structure (MorphNet's Figure 1)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    layers = list(original)
+    series = {"original": [original[n] for n in layers]}
+    series.update({k: [v.get(n, 0) for n in layers] for k, v in columns.items()})
+    x = np.arange(len(layers))
+    w = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layers) + 2), 4))
+    for i, (name, vals) in enumerate(series.items()):
+        ax.bar(x + (i - (len(series) - 1) / 2) * w, vals, w, label=name)
+    ax.set_xticks(x, layers, rotation=90, fontsize=7)
+    ax.set_ylabel("output channels")
+    ax.set_title("widths per layer")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_training(path, rounds: list, final_history: list, baseline_history: list | None,
+                  original_cost: float, shrink_targets: list, resource: str) -> bool:
+    """Alive cost (fraction of the original) and validation accuracy over the epochs of every stage."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for r, (info, target) in enumerate(zip(rounds, shrink_targets)):
+        epochs = np.arange(1, len(info.cost_history) + 1)
+        a.plot(epochs, np.asarray(info.cost_history) / original_cost, marker=".", label=f"round {r + 1} alive")
+        a.axhline(target / original_cost, ls="--", lw=0.8, color=f"C{r}", label=f"round {r + 1} shrink target")
+        b.plot(epochs, info.val_history, marker=".", label=f"round {r + 1} (regularized)")
+    if final_history:
+        b.plot([h["epoch"] for h in final_history], [h["val_acc"] for h in final_history], marker=".", label="final")
+    if baseline_history:
+        b.plot([h["epoch"] for h in baseline_history], [h["val_acc"] for h in baseline_history], marker=".",
+               label="original (baseline)")
+    a.set_xlabel("epoch")
+    a.set_ylabel(f"alive {resource} / original")
+    a.set_title("cost while regularizing")
+    a.legend(fontsize=8)
+    b.set_xlabel("epoch")
+    b.set_ylabel("validation accuracy")
+    b.set_title("accuracy")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -1,0 +1,89 @@
+"""``search``: TAS's alternating optimisation of weights and architecture (METHODS.md 2.3).
+
+Rule, one step each in turn over the two halves of the training data:
+- weights, on a batch of ``train_w``: cross-entropy of ``tas(x)`` (Gumbel-sampled widths and
+  depths); SGD with Nesterov momentum 0.9, weight decay 5e-4, learning rate cosine from ``w_lr``
+  to 0 over all steps;
+- architecture, on a batch of ``train_a``: ``CE + flops_weight * tas.flops_loss()``
+  (``flops_weight = 2`` as in the reference code; 1 is the paper's plain sum); Adam, ``a_lr``,
+  betas (0.5, 0.999), weight decay 1e-3.
+The temperature decays linearly per epoch from ``tau[0]`` to ``tau[1]`` (the paper's schedule).
+Batches are random permutations from a generator seeded by ``seed``; ``train_a`` is cycled when it
+is the shorter half. Resumable: ``checkpoint(state)`` gets, after every epoch, a dict (``epoch``,
+both optimizers, both generators, the history and ``tas.state_dict()``) that ``state=`` takes back.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def tau_at(epoch: int, epochs: int, tau) -> float:
+    first, last = tau
+    return first if epochs <= 1 else first + (last - first) * epoch / (epochs - 1)
+
+
+def search(tas, train_w, train_a, epochs: int, batch_size: int = 64, w_lr: float = 0.1, a_lr: float = 1e-3,
+           tau=(10.0, 0.1), seed: int = 0, log=print, on_batch=None, checkpoint=None, state=None,
+           flops_weight: float = 2.0, w_decay: float = 5e-4, a_decay: float = 1e-3) -> list[dict]:
+    """Search ``tas`` for ``epochs`` epochs of ``train_w`` (``(x, y)`` tensors; so is ``train_a``).
+
+    ``on_batch(step, steps_per_epoch, weight_loss)`` is called after every step; returns the history
+    (one dict per epoch: tau, mean losses, argmax and expected FLOPs).
+    """
+    (xw, yw), (xa, ya) = train_w, train_a
+    steps = math.ceil(len(xw) / batch_size)
+    total = epochs * steps
+    w_opt = torch.optim.SGD(tas.weight_parameters(), lr=w_lr, momentum=0.9, nesterov=True, weight_decay=w_decay)
+    a_opt = torch.optim.Adam(tas.arch_parameters(), lr=a_lr, betas=(0.5, 0.999), weight_decay=a_decay)
+    generator = torch.Generator().manual_seed(seed)
+    tas.generator.manual_seed(seed + 1)
+    start, history = 0, []
+    if state is not None:
+        if "tas" in state:
+            tas.load_state_dict(state["tas"])
+        w_opt.load_state_dict(state["w_opt"])
+        a_opt.load_state_dict(state["a_opt"])
+        generator.set_state(state["generator"])
+        tas.generator.set_state(state["gumbel"])
+        start, history = state["epoch"], list(state["history"])
+    device = tas.alphas[0].device
+    for epoch in range(start, epochs):
+        t0 = time.time()
+        tas.set_tau(tau_at(epoch, epochs, tau))
+        tas.train()
+        order_w = torch.randperm(len(xw), generator=generator)
+        order_a = torch.randperm(len(xa), generator=generator)
+        sums = {"loss_w": 0.0, "loss_a": 0.0, "ce_a": 0.0}
+        for i, iw in enumerate(order_w.split(batch_size)):
+            for group in w_opt.param_groups:
+                group["lr"] = 0.5 * w_lr * (1 + math.cos(math.pi * (epoch * steps + i) / total))
+            ia = order_a[torch.arange(i * batch_size, i * batch_size + len(iw)) % len(xa)]
+            loss_w = F.cross_entropy(tas(xw[iw].to(device)), yw[iw].to(device))
+            w_opt.zero_grad(set_to_none=True)
+            a_opt.zero_grad(set_to_none=True)
+            loss_w.backward()
+            w_opt.step()
+            ce = F.cross_entropy(tas(xa[ia].to(device)), ya[ia].to(device))
+            loss_a = ce + flops_weight * tas.flops_loss()
+            w_opt.zero_grad(set_to_none=True)
+            a_opt.zero_grad(set_to_none=True)
+            loss_a.backward()
+            a_opt.step()
+            for key, value in (("loss_w", loss_w), ("loss_a", loss_a), ("ce_a", ce)):
+                sums[key] += value.item() / steps
+            if on_batch is not None:
+                on_batch(i, steps, loss_w.item())
+        row = {"epoch": epoch + 1, "tau": tas.tau, **sums, "flops": tas.flops(),
+               "expected_flops": tas.expected_flops().item(), "seconds": time.time() - t0}
+        history.append(row)
+        log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        if checkpoint is not None:
+            checkpoint(copy.deepcopy({"epoch": epoch + 1, "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
+                                      "generator": generator.get_state(), "gumbel": tas.generator.get_state(),
+                                      "history": history, "tas": tas.state_dict()}))
+    return history
