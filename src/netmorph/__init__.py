@@ -13,11 +13,12 @@ from .regularizers import (GammaFlopsRegularizer, GammaLatencyRegularizer, Gamma
 from .resize import apply_structure
 from .structure import Structure
 from .surgery import PruneReport, prune
+from .tas import TAS, distill, kd_loss
 
 __all__ = [
     "HARDWARE", "RESOURCES", "Hardware", "count_flops", "count_params", "explain", "ChannelGraph",
     "GraphRecordError", "build_graph", "Structure", "prune", "PruneReport", "apply_structure", "expand",
     "GammaFlopsRegularizer", "GammaModelSizeRegularizer", "GammaLatencyRegularizer",
-    "GroupLassoFlopsRegularizer", "GroupLassoModelSizeRegularizer", "GroupLassoLatencyRegularizer",
+    "TAS", "kd_loss", "distill", "GroupLassoFlopsRegularizer", "GroupLassoModelSizeRegularizer", "GroupLassoLatencyRegularizer",
 ]
 __version__ = "0.1.0"

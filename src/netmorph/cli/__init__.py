@@ -10,7 +10,7 @@ import sys
 
 from .. import dist
 from ..graph import GraphRecordError
-from . import morph_cmd, tools_cmd
+from . import morph_cmd, tas_cmd, tools_cmd
 from .common import UsageError, say
 
 
@@ -29,6 +29,7 @@ def parser() -> argparse.ArgumentParser:
                                 "under a FLOPs, size or latency budget (MorphNet, TAS).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     morph_cmd.add_parser(sub)
+    tas_cmd.add_parser(sub)
     tools_cmd.add_parsers(sub)
     return p
 

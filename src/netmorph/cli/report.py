@@ -133,3 +133,36 @@ def plot_training(path, rounds: list, final_history: list, baseline_history: lis
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def plot_search(path, search_history: list, teacher_history: list | None, kd_history: list, target: float,
+                full: float) -> bool:
+    """TAS: argmax and expected FLOPs over the search epochs against the target band; validation
+    accuracy of the teacher and of the distilled network."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = [h["epoch"] for h in search_history]
+    a.plot(epochs, [h["flops"] / full for h in search_history], marker=".", label="argmax architecture")
+    a.plot(epochs, [h["expected_flops"] / full for h in search_history], marker=".", label="expected")
+    a.axhline(target / full, ls="--", lw=0.8, color="k", label="target")
+    a.set_xlabel("search epoch")
+    a.set_ylabel("FLOPs / original")
+    a.set_title("FLOPs while searching")
+    a.legend(fontsize=8)
+    if teacher_history:
+        b.plot([h["epoch"] for h in teacher_history], [h["val_acc"] for h in teacher_history], marker=".",
+               label="teacher (original)")
+    b.plot([h["epoch"] for h in kd_history], [h["val_acc"] for h in kd_history], marker=".", label="found, distilled")
+    b.set_xlabel("epoch")
+    b.set_ylabel("validation accuracy")
+    b.set_title("accuracy")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -17,7 +17,6 @@ The wrapped model is a deep copy (the original stays untouched, e.g. as the dist
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import nn
@@ -26,25 +25,10 @@ from ..graph import build_graph
 from ..graph.record import as_input_tuple
 from ..resize import apply_structure
 from ..structure import Structure
-from .cwi import mix_widths
 from .flops import FlopsTable
 from .gumbel import gumbel_softmax, gumbel_top2
+from .hooks import output_hook
 from .space import DEFAULT_RATIOS, check_scope, stages, width_spaces
-
-_BN = nn.modules.batchnorm._BatchNorm
-
-
-def _removed_output(module: nn.Module, out: torch.Tensor) -> torch.Tensor | float:
-    """What ``module`` emits (broadcastable to ``out``) once its input is all zeros."""
-    if not isinstance(module, _BN):
-        return 0.0
-    shape = (1, -1) + (1,) * (out.dim() - 2)
-    bias = module.bias if module.bias is not None else out.new_zeros(out.shape[1])
-    if module.training or module.running_mean is None:
-        return bias.reshape(shape)
-    weight = module.weight if module.weight is not None else torch.ones_like(bias)
-    return (bias - weight * module.running_mean / torch.sqrt(module.running_var + module.eps)).reshape(shape)
-
 
 class TAS(nn.Module):
     """A BatchNorm conv network with a width distribution per changeable channel group and a depth
@@ -74,6 +58,8 @@ class TAS(nn.Module):
         for i, space in enumerate(self.spaces):
             for site in space.sites:
                 self._hooks.setdefault(site.module, []).append(("width", i, torch.as_tensor(site.positions), site.dim))
+            for site in space.masks:
+                self._hooks.setdefault(site.module, []).append(("mask", i, torch.as_tensor(site.positions), site.dim))
         ref = next(iter(self.model.parameters()))
         gen = torch.Generator().manual_seed(seed)
         init = lambda n: nn.Parameter((0.01 * torch.randn(n, generator=gen)).to(ref.device))  # noqa: E731
@@ -124,28 +110,9 @@ class TAS(nn.Module):
             depths.append(self._reach(stage, probs))
         return widths, depths
 
-    def _hook(self, ops, widths, depths):
-        def hook(module, args, out):
-            for op in ops:
-                if op[0] == "depth":
-                    m = depths[op[1]][op[2]].to(out.dtype)
-                    out = m * out + (1 - m) * _removed_output(module, out)
-                    continue
-                _, i, pos, dim = op
-                dim = dim % out.dim()
-                cands, weight = widths[i]
-                weight = weight.to(out.dtype)
-                if len(pos) == out.shape[dim] and bool((pos == torch.arange(len(pos))).all()):
-                    out = mix_widths(out, cands, weight, dim)
-                else:
-                    pos = pos.to(out.device)
-                    out = out.index_copy(dim, pos, mix_widths(out.index_select(dim, pos), cands, weight, dim))
-            return out
-        return hook
-
     def forward(self, *inputs):
         widths, depths = self._sample()
-        handles = [self.model.get_submodule(name).register_forward_hook(self._hook(ops, widths, depths))
+        handles = [self.model.get_submodule(name).register_forward_hook(output_hook(ops, widths, depths))
                    for name, ops in self._hooks.items()]
         try:
             return self.model(*inputs)

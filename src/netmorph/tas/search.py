@@ -29,11 +29,13 @@ def tau_at(epoch: int, epochs: int, tau) -> float:
 
 def search(tas, train_w, train_a, epochs: int, batch_size: int = 64, w_lr: float = 0.1, a_lr: float = 1e-3,
            tau=(10.0, 0.1), seed: int = 0, log=print, on_batch=None, checkpoint=None, state=None,
-           flops_weight: float = 2.0, w_decay: float = 5e-4, a_decay: float = 1e-3) -> list[dict]:
+           flops_weight: float = 2.0, w_decay: float = 5e-4, a_decay: float = 1e-3, stop=None) -> list[dict]:
     """Search ``tas`` for ``epochs`` epochs of ``train_w`` (``(x, y)`` tensors; so is ``train_a``).
 
-    ``on_batch(step, steps_per_epoch, weight_loss)`` is called after every step; returns the history
-    (one dict per epoch: tau, mean losses, argmax and expected FLOPs).
+    ``on_batch(step, steps_per_epoch, weight_loss)`` is called after every step; ``stop()`` is polled
+    there too and, when true, ends the search with :class:`netmorph.train.Interrupted` (resume from
+    the last epoch's checkpoint). Returns the history (one dict per epoch: tau, mean losses, argmax
+    and expected FLOPs).
     """
     (xw, yw), (xa, ya) = train_w, train_a
     steps = math.ceil(len(xw) / batch_size)
@@ -78,6 +80,9 @@ def search(tas, train_w, train_a, epochs: int, batch_size: int = 64, w_lr: float
                 sums[key] += value.item() / steps
             if on_batch is not None:
                 on_batch(i, steps, loss_w.item())
+            if stop is not None and stop():
+                from ..train import Interrupted
+                raise Interrupted({"epoch": epoch, "step": i + 1})
         row = {"epoch": epoch + 1, "tau": tas.tau, **sums, "flops": tas.flops(),
                "expected_flops": tas.expected_flops().item(), "seconds": time.time() - t0}
         history.append(row)

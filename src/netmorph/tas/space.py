@@ -6,7 +6,9 @@ Rules:
   tied by residual adds or depthwise convs share one. The group's channels are changed where they
   are made: at the BatchNorm that reads exactly a producing layer's output (``graph.follows``),
   else at the producing layer itself. Every producer must be a layer emitting each channel of the
-  group exactly once; otherwise the model is outside the supported scope (``ValueError``).
+  group exactly once; otherwise the model is outside the supported scope (``ValueError``). Any
+  other BatchNorm reading all the group's channels (pre-activation nets: a BN after a concat)
+  zeroes its outputs beyond the widest sampled candidate, as its narrowed copy would not have them.
 - **Depth**: a *block* is a removable group (``graph.removable``) all of whose pure readers have
   their outputs added to another tensor (a residual branch: ``apply_structure`` removes it at
   width 0). Blocks whose branches add into the same group form a *stage*, ordered as recorded.
@@ -46,6 +48,7 @@ class WidthSpace:
     width: int
     candidates: list[int]
     sites: list[Site]
+    masks: list[Site] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -103,7 +106,12 @@ def width_spaces(graph: ChannelGraph, model: nn.Module, ratios) -> list[WidthSpa
                                  f"sliced channels). {SCOPE}.")
             name, dim = _out_site(graph, model, producer)
             sites.append(Site(name, np.array([where[int(c)] for c in group.channels], dtype=np.int64), dim))
-        spaces.append(WidthSpace(group.id, group.width, width_candidates(group.width, ratios), sites))
+        masks = []
+        for bn, cls in graph.norms.items():
+            where = {int(c): i for i, c in enumerate(cls.tolist()) if graph.group_of[c] == group.id}
+            if bn not in {s.module for s in sites} and len(where) == group.width == int(np.isin(cls, group.channels).sum()):
+                masks.append(Site(bn, np.array([where[int(c)] for c in group.channels], dtype=np.int64), 1))
+        spaces.append(WidthSpace(group.id, group.width, width_candidates(group.width, ratios), sites, masks))
     if not spaces:
         raise ValueError(f"{type(model).__name__} has no channels TAS may change (all are frozen; see "
                          f"netmorph.explain). {SCOPE}.")

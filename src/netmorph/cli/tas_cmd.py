@@ -1,0 +1,168 @@
+"""``netmorph tas``: TAS (Dong & Yang, NeurIPS 2019) on a built-in or user network.
+
+Order of work: check the flags, the data, the model (a BatchNorm conv network) and that the FLOPs
+target lies between the smallest and the full network, all before the run directory exists; then
+train the teacher (the unpruned network, same recipe; or load ``--teacher``) -> search widths and
+depths on two halves of the training split (weights on one, architecture on the other) -> derive
+the structure -> train it with knowledge distillation from the teacher -> report (``metrics.json``
+last). Every stage checkpoints after each epoch; ``--resume`` continues.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+
+from .. import dist
+from ..costs import count_flops
+from ..morph import absolute, save_atomic
+from ..resize import apply_structure
+from ..structure import Structure
+from ..tas import TAS, distill, search
+from ..train import Interrupted, make_optimizer
+from . import common as C
+from .morph_cmd import add_common, restore, setup, train_baseline
+from .report import metrics, plot_search, plot_widths, table
+
+EPILOG = """examples:
+  netmorph tas                                            # built-in digits + tiny CNN, 50% of the FLOPs
+  netmorph tas --model resnet20 --data cifar10:../shared/data --budget 50% --out runs/tas20
+  netmorph tas --resume --out runs/tas20
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("tas", help="search widths and depths with TAS, then distill into the found network",
+                       description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common(p)
+    p.add_argument("--budget", default="50%", help="the FLOPs target: a percentage or fraction of the original, "
+                   "or absolute FLOPs (batch 1). Default: 50%%")
+    p.add_argument("--search-epochs", type=C.positive_int, default=None, help="search epochs (default: --epochs)")
+    p.add_argument("--tolerance", type=float, default=0.05, help="the FLOPs loss's tolerance band (default 0.05)")
+    p.add_argument("--teacher", default=None, help="state_dict file of the trained original network (default: "
+                   "train it with the same recipe)")
+    p.add_argument("--init", choices=("fresh", "keep"), default="fresh", help="the found network starts from "
+                   "fresh weights (default) or the searched weights of its first channels")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    restore(args, "tas")
+    amount = C.parse_amount(args.budget, "--budget")
+    if not 0 <= args.tolerance < 1:
+        raise C.UsageError(f"--tolerance must be in [0, 1), got {args.tolerance}")
+    data, build, recipe, out = setup(args, "tas")
+    example = data.example
+    full = count_flops(build(), example)
+    target = absolute(amount, full, "budget")
+    try:
+        TAS(build(), example, target, tolerance=args.tolerance)        # scope and target range, checked early
+    except ValueError as exc:
+        raise C.UsageError(f"netmorph tas: {exc}") from None
+    teacher_state = None
+    if args.teacher:
+        from .tools_cmd import _load_state
+        teacher_state = _load_state(args.teacher)
+        try:
+            build().load_state_dict(teacher_state)
+        except RuntimeError as exc:
+            raise C.UsageError(f"--teacher {args.teacher} does not fit --model {args.model}: "
+                               f"{str(exc).splitlines()[0]}") from None
+    if dist.active():
+        raise C.UsageError("netmorph tas runs in one process (its search is not data-parallel); drop torchrun")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "FAILED.txt").unlink(missing_ok=True)
+    C.write_json(out / "config.json", {"command": "tas", "args": {k: v for k, v in vars(args).items() if k != "run"},
+                                       "torch": torch.__version__})
+    C.log_to(out / "log.txt")
+    C.say(f"netmorph tas: {args.model} on {data.name}, FLOPs {full:,} -> target {target:,.0f}; run directory {out}")
+    steps = math.ceil(len(data.train[0]) / recipe.batch_size)
+    with C.StopFlag() as stop, C.Progress() as progress:
+        try:
+            if teacher_state is None:
+                teacher, teacher_hist = train_baseline(build, data, recipe, out, stop, progress)
+            else:
+                teacher, teacher_hist = build(), None
+                teacher.load_state_dict(teacher_state)
+            tas, search_hist = run_search(args, data, recipe, teacher, target, out, stop, progress)
+            structure = tas.derive()
+            structure.save(out / "searched_structure.json")
+            searched = apply_structure(tas.model, structure, keep="first", example_inputs=example)
+            torch.manual_seed(recipe.seed)
+            student = apply_structure(tas.model if args.init == "keep" else build(), structure,
+                                      init="keep" if args.init == "keep" else "fresh", keep="first",
+                                      example_inputs=example)
+            progress.stage("knowledge distillation", recipe.epochs, steps)
+            kd_hist = run_distill(student, teacher, data, recipe, out, stop, progress)
+        except Interrupted:
+            C.say(f"interrupted: checkpoint saved in {out}; continue with: netmorph tas --resume --out {out}")
+            return 130
+    rows = metrics({"original": teacher, "searched": searched, "final": student}, data.test, example, "flops", None)
+    (out / "final").mkdir(exist_ok=True)
+    structure.save(out / "final" / "structure.json")
+    torch.save(student.state_dict(), out / "final" / "model.pt")
+    pics = plot_widths(out / "widths.png", structure.original, {"found": structure})
+    pics &= plot_search(out / "training.png", search_hist, teacher_hist, kd_hist, target, full)
+    text = [f"# netmorph tas: {args.model} on {data.name}", "",
+            f"FLOPs target {target:,.0f} ({target / full:.0%} of {full:,}), tolerance {args.tolerance}; "
+            f"{len(search_hist)} search epochs, {recipe.epochs} distillation epochs; seed {args.seed}.", "",
+            table(rows, "flops"), "",
+            "original: the teacher (the unpruned network" + (", trained with the same recipe)" if teacher_hist else
+                                                              ", loaded from --teacher)") +
+            "; searched: the derived network with the search's weights; final: the derived network trained "
+            f"({args.init} init) with knowledge distillation from the teacher.", ""]
+    if not pics:
+        text.append("Pictures skipped: matplotlib is not installed (pip install 'netmorph[cli]').")
+    text += ["Reload the final model:", "", "```python", "import torch, netmorph",
+             "structure = netmorph.Structure.load('final/structure.json')",
+             "model = netmorph.apply_structure(<your model builder>(), structure, keep='first')",
+             "model.load_state_dict(torch.load('final/model.pt'))", "```"]
+    (out / "metrics.md").write_text("\n".join(text) + "\n")
+    C.say("\n" + table(rows, "flops") + f"\n\nrun directory: {out}")
+    C.write_json(out / C.COMPLETE, {"models": rows, "target": target, "original_flops": full,
+                                    "structure": structure.to_dict(), "search_history": search_hist,
+                                    "teacher_history": teacher_hist, "kd_history": kd_hist})
+    return 0
+
+
+def run_search(args, data, recipe, teacher, target, out, stop, progress):
+    """TAS over the teacher's weights; the training split's halves: weights on one, architecture on
+    the other. Checkpointed to ``search.pt`` after every epoch."""
+    ckpt = out / "search.pt"
+    tas = TAS(teacher, data.example, target, tolerance=args.tolerance, seed=recipe.seed)
+    epochs = args.search_epochs or recipe.epochs
+    state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
+    if state is not None and state["epoch"] >= epochs:
+        tas.load_state_dict(state["tas"])
+        return tas, state["history"]
+    perm = torch.randperm(len(data.train[0]), generator=torch.Generator().manual_seed(recipe.seed))
+    half = len(perm) // 2
+    x, y = data.train
+    progress.stage("TAS search", epochs - (state["epoch"] if state else 0), math.ceil(half / recipe.batch_size))
+    history = search(tas, (x[perm[:half]], y[perm[:half]]), (x[perm[half:]], y[perm[half:]]), epochs,
+                     batch_size=recipe.batch_size, w_lr=recipe.lr, seed=recipe.seed,
+                     log=lambda s: C.say(f"  search {s}"), on_batch=progress.step,
+                     checkpoint=lambda s: save_atomic(s, ckpt), state=state, stop=stop)
+    C.say(f"  found: {tas.flops():,.0f} FLOPs for a target of {target:,.0f}")
+    return tas, history
+
+
+def run_distill(student, teacher, data, recipe, out, stop, progress):
+    ckpt = out / "distill.pt"
+    opt, gen = make_optimizer(student, recipe), torch.Generator().manual_seed(recipe.seed)
+    saved = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
+    if saved is not None:
+        student.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        gen.set_state(saved["generator"])
+
+    def keep(epoch, opt, gen, hist, position=None):
+        save_atomic({"model": student.state_dict(), "opt": opt.state_dict(), "generator": gen.get_state(),
+                     "epoch": epoch, "history": hist, "position": position}, ckpt)
+    if saved is not None and saved["epoch"] >= recipe.epochs and saved["position"] is None:
+        return saved["history"]
+    return distill(student, teacher, data.train, data.val, recipe, log=lambda s: C.say(f"  distill {s}"),
+                   checkpoint=keep, start_epoch=saved["epoch"] if saved else 0, opt=opt, generator=gen,
+                   on_batch=progress.step, position=saved["position"] if saved else None, stop=stop,
+                   history=saved["history"] if saved else None)
