@@ -32,7 +32,7 @@ CACHE = Path(os.environ.get("NETMORPH_BENCH_CACHE", Path(__file__).resolve().par
 EXAMPLE = torch.zeros(1, 3, 32, 32)
 
 
-def train_arm(name: str, model: torch.nn.Module, data, recipe: Recipe, reg=None, strength=0.0) -> dict:
+def train_arm(name: str, model: torch.nn.Module, data, recipe: Recipe, reg=None, strength=0.0, **fit_kwargs) -> dict:
     """Train ``model`` with the recipe, resuming from this arm's checkpoint if there is one."""
     ckpt = CACHE / f"{name}.pt"
     opt = make_optimizer(model, recipe, reg.source_parameters() if reg is not None else ())
@@ -47,12 +47,12 @@ def train_arm(name: str, model: torch.nn.Module, data, recipe: Recipe, reg=None,
         print(f"[{name}] resuming after epoch {start}", flush=True)
 
     def checkpoint(epoch, opt, gen, hist, position=None):
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-                    "epoch": epoch, "history": history + hist}, ckpt)
+        save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
+                     "epoch": epoch, "history": history + hist}, ckpt)
 
     t = time.time()
     history += fit(model, data[0], data[1], recipe, reg, strength, log=lambda s: print(f"[{name}] {s}", flush=True),
-                   checkpoint=checkpoint, start_epoch=start, opt=opt, generator=gen)
+                   checkpoint=checkpoint, start_epoch=start, opt=opt, generator=gen, **fit_kwargs)
     return {"test_acc": evaluate(model, *data[2]), "val_acc": history[-1]["val_acc"],
             "flops": netmorph.count_flops(model, EXAMPLE), "params": netmorph.count_params(model),
             "train_minutes": (time.time() - t) / 60, "history": history}
@@ -121,21 +121,42 @@ def main():
         out = CACHE / f"{arm}.json"
         if not out.exists():
             out.write_text(json.dumps(ARMS[arm](data, recipe), indent=1))
+    write_table(args.epochs)
+
+
+#: every arm of the CIFAR-10 table, in its order (the TAS arm is run by benchmarks/cifar_tas.py)
+TABLE = ["baseline", "uniform_0.7", "morph_regularize", "morph_50%", "morph_100%", "tas_search", "tas_50%"]
+NOTES = {"baseline": "ResNet-20 as is", "uniform_0.7": "every width x0.7",
+         "morph_regularize": "regularized run: learns the structure (not retrained)",
+         "morph_50%": "learned structure expanded to 50% FLOPs, trained from scratch",
+         "morph_100%": "learned structure expanded to 100% FLOPs, trained from scratch",
+         "tas_search": "TAS search from the baseline's weights",
+         "tas_50%": "TAS structure (target 50%), trained with KD from the baseline"}
+
+
+def write_table(epochs: int) -> None:
     base = json.loads((CACHE / "baseline.json").read_text()) if (CACHE / "baseline.json").exists() else None
-    rows = ["| arm | test acc | FLOPs (batch 1) | FLOPs vs baseline | params | train time |", "|---|---|---|---|---|---|"]
-    for arm in ARMS:
+    rows = ["| arm | what | test acc | FLOPs (batch 1) | FLOPs vs baseline | params | train time |",
+            "|---|---|---|---|---|---|---|"]
+    for arm in TABLE:
         f = CACHE / f"{arm}.json"
         if f.exists():
             r = json.loads(f.read_text())
             ratio = f"{r['flops'] / base['flops']:.1%}" if base else "-"
-            acc = f"{r['test_acc']:.2%}" if r.get("test_acc") is not None else "(structure only)"
-            rows.append(f"| {arm} | {acc} | {r['flops'] / 1e6:.2f} M | {ratio} | {r['params']:,} | "
+            acc = f"{r['test_acc']:.2%}" if r.get("test_acc") is not None else "-"
+            rows.append(f"| {arm} | {NOTES[arm]} | {acc} | {r['flops'] / 1e6:.2f} M | {ratio} | {r['params']:,} | "
                         f"{r['train_minutes']:.0f} min |")
         else:
-            rows.append(f"| {arm} | pending | | | | |")
-    write_section("cifar_morphnet", "MorphNet on CIFAR-10 (benchmarks/cifar_morphnet.py)",
-                  "python benchmarks/cifar_morphnet.py",
-                  f"ResNet-20, {args.epochs} epochs per training run, recipe in the script's docstring.\n\n"
+            done = ""
+            ckpt = CACHE / f"{arm}.pt"
+            if ckpt.exists():
+                state = torch.load(ckpt, weights_only=False)
+                done = f" ({state.get('epoch', 0)} epochs done, resumable)"
+            rows.append(f"| {arm} | {NOTES[arm]} | pending{done} | | | | |")
+    write_section("cifar_morphnet", "MorphNet and TAS on CIFAR-10 (benchmarks/cifar_morphnet.py, cifar_tas.py)",
+                  "python benchmarks/cifar_morphnet.py && python benchmarks/cifar_tas.py",
+                  f"ResNet-20, {epochs} epochs per training run, recipe in the scripts' docstrings; test accuracy "
+                  "on the 10k test images; FLOPs counted by netmorph (= torch's FlopCounterMode).\n\n"
                   + "\n".join(rows))
 
 

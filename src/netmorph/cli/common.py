@@ -74,12 +74,12 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _accepts(fn, name: str) -> bool:
+def _accepts(fn, name: str, through_kwargs: bool = True) -> bool:
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return name in params or (through_kwargs and any(p.kind is p.VAR_KEYWORD for p in params.values()))
 
 
 def load_model(spec: str, num_classes: int | None = None, in_channels: int | None = None) -> nn.Module:
@@ -105,7 +105,7 @@ def load_model(spec: str, num_classes: int | None = None, in_channels: int | Non
     kwargs = {}
     if num_classes is not None and _accepts(fn, "num_classes"):
         kwargs["num_classes"] = num_classes
-    if in_channels is not None and _accepts(fn, "in_channels"):
+    if in_channels is not None and _accepts(fn, "in_channels", through_kwargs=False):
         kwargs["in_channels"] = in_channels
     try:
         model = fn(**kwargs)
