@@ -1,11 +1,9 @@
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-pytest.importorskip("sklearn", reason="the command's built-in data set is scikit-learn's digits (pip install "
-                    "'netmorph[cli]')")
+NEEDS_DIGITS = "the command's built-in data set is scikit-learn's digits (pip install 'netmorph[cli]')"
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from .conftest import QUICK, ROOT, run_cli
+from .conftest import NEEDS_DIGITS, QUICK, ROOT, run_cli
 
 CASES = {
     "unknown model": (["--model", "resnet21"], "unknown model 'resnet21'"),
@@ -28,6 +28,8 @@ CASES = {
                            "unreachable: the channels that cannot change"),
     "absolute budget below smallest": (["--budget", "1000"], "unreachable"),
 }
+
+pytest.importorskip("sklearn", reason=NEEDS_DIGITS)
 
 
 @pytest.mark.parametrize("name", list(CASES))

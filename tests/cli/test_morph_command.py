@@ -13,10 +13,12 @@ import torch
 import netmorph
 from netmorph.cli.common import load_model
 
-from .conftest import QUICK, ROOT, run_cli
+from .conftest import NEEDS_DIGITS, QUICK, ROOT, run_cli
 
 FILES = ["config.json", "log.txt", "checkpoint.pt", "round1_learned_structure.json",
          "round1_expanded_structure.json", "final/structure.json", "final/model.pt", "metrics.md", "metrics.json"]
+
+pytest.importorskip("sklearn", reason=NEEDS_DIGITS)
 
 
 def learned(out):

@@ -8,7 +8,9 @@ import netmorph
 from netmorph.cli.common import load_model
 from netmorph.morph import make_regularizer
 
-from .conftest import ROOT, run_cli
+from .conftest import NEEDS_DIGITS, run_cli
+
+pytest.importorskip("sklearn", reason=NEEDS_DIGITS)
 
 
 def test_tas_command_finds_a_network_near_the_target_and_distills_it(tmp_path):

@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from .. import dist

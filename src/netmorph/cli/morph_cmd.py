@@ -13,10 +13,8 @@ import dataclasses
 import hashlib
 import json
 import math
-import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .. import dist

@@ -18,7 +18,6 @@ from .. import dist
 from ..costs import count_flops
 from ..morph import absolute, save_atomic
 from ..resize import apply_structure
-from ..structure import Structure
 from ..tas import TAS, distill, search
 from ..train import Interrupted, make_optimizer
 from . import common as C

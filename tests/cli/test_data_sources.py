@@ -1,0 +1,61 @@
+"""The ``--data`` sources: built-in digits, ``cifar10:PATH`` (npz pair) and ``folder:PATH``."""
+import numpy as np
+import pytest
+import torch
+
+from netmorph.datasets import load_data
+
+from .conftest import NEEDS_DIGITS, run_cli
+
+
+def test_digits_are_split_by_class_without_overlap():
+    pytest.importorskip("sklearn", reason=NEEDS_DIGITS)
+    d = load_data(None, seed=0)
+    sizes = [len(d.train[0]), len(d.val[0]), len(d.test[0])]
+    assert sum(sizes) == 1797 and sizes[2] == pytest.approx(0.2 * 1797, abs=10)
+    assert d.example.shape == (1, 1, 8, 8) and d.num_classes == 10
+    for part in (d.train, d.val, d.test):                      # every class in every split
+        assert set(part[1].tolist()) == set(range(10))
+    assert abs(float(d.train[0].mean())) < 1e-4 and float(d.train[0].std()) == pytest.approx(1, abs=1e-3)
+    again = load_data(None, seed=0)
+    assert torch.equal(again.val[1], d.val[1])
+
+
+def test_cifar_npz_pair(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "cifar10_train.npz", x=rng.integers(0, 255, (6000, 32, 32, 3), dtype=np.uint8),
+             y=rng.integers(0, 10, 6000).astype(np.uint8))
+    np.savez(tmp_path / "cifar10_test.npz", x=rng.integers(0, 255, (100, 32, 32, 3), dtype=np.uint8),
+             y=rng.integers(0, 10, 100).astype(np.uint8))
+    d = load_data(f"cifar10:{tmp_path}")
+    assert [len(p[0]) for p in (d.train, d.val, d.test)] == [1000, 5000, 100]
+    assert d.example.shape == (1, 3, 32, 32) and d.recipe.epochs == 15
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no CIFAR-10 in"):
+        load_data(f"cifar10:{tmp_path / 'empty'}")
+
+
+def _folder(root, per_class=10, size=10):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("cats", "dogs")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            img = np.full((size, size, 3), 60 + 120 * c, dtype=np.uint8) + rng.integers(0, 40, (size, size, 3),
+                                                                                       dtype=np.uint8)
+            Image.fromarray(img).save(root / name / f"{i}.png")
+
+
+def test_image_folder_is_split_80_10_10_per_class_and_runs_end_to_end(tmp_path):
+    pytest.importorskip("PIL", reason="folder data are read with Pillow")
+    _folder(tmp_path / "pics")
+    d = load_data(f"folder:{tmp_path / 'pics'}", image_size=8)
+    assert [len(p[0]) for p in (d.train, d.val, d.test)] == [16, 2, 2]
+    assert d.example.shape == (1, 3, 8, 8) and d.num_classes == 2
+    out = tmp_path / "run"
+    assert run_cli("morph", "--data", f"folder:{tmp_path / 'pics'}", "--image-size", "8", "--epochs", "2",
+                   "--no-baseline", "--out", out) == 0
+    assert (out / "metrics.json").exists()
+    with pytest.raises(ValueError, match="at least 2 class"):
+        (tmp_path / "one" / "only").mkdir(parents=True)
+        load_data(f"folder:{tmp_path / 'one'}")
