@@ -52,3 +52,29 @@ def test_one_round_of_morph_ends_at_the_budget():
     assert netmorph.count_flops(out["model"], example) == out["final_cost"]
     with pytest.raises(ValueError, match="rounds must be"):
         morph(build, train, val, example, rounds=0)
+
+
+def test_interrupted_two_round_morph_resumes_to_the_uninterrupted_result(tmp_path):
+    from netmorph.train import Interrupted
+    train, val = problem()
+    build = lambda: tiny_cnn(num_classes=4, width=0.5)          # noqa: E731
+    example = train[0][:1]
+    recipe = Recipe(epochs=3, batch_size=64, lr=0.05, crop_padding=0, flip=False)
+    kw = dict(budget="100%", shrink="60%", rounds=2, recipe=recipe, log=lambda s: None)
+    straight = morph(build, train, val, example, **kw)
+    calls = {"n": 0}
+
+    def stop():                          # Ctrl-C in the middle of round 2 (each round: 3 epochs x 12 steps)
+        calls["n"] += 1
+        return calls["n"] == 52
+    path = tmp_path / "state.pt"
+    with pytest.raises(Interrupted):
+        morph(build, train, val, example, checkpoint_path=path, stop=stop, **kw)
+    state = torch.load(path, weights_only=False)
+    assert len(state["rounds"]) == 1 and state["stage"] == "regularize 1" and state["train"]["position"]
+    resumed = morph(build, train, val, example, checkpoint_path=path, **kw)
+    for a, b in zip(straight["rounds"], resumed["rounds"]):
+        assert dict(a.learned) == dict(b.learned) and a.cost_history == b.cost_history
+        assert a.expanded.cost == b.expanded.cost and a.expanded.omega == b.expanded.omega
+    assert [h["val_acc"] for h in straight["final_history"]] == [h["val_acc"] for h in resumed["final_history"]]
+    assert straight["final_cost"] == resumed["final_cost"]

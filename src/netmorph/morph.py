@@ -78,14 +78,15 @@ class Round:
         d = dataclasses.asdict(self)
         d["learned"], d["expanded"] = self.learned.to_dict(), self.expanded.to_dict()
         d["omega"] = getattr(self.expanded, "omega", None)
+        d["expanded_cost"] = getattr(self.expanded, "cost", None)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Round":
         d = dict(d)
-        omega = d.pop("omega", None)
+        omega, cost = d.pop("omega", None), d.pop("expanded_cost", None)
         d["learned"], d["expanded"] = Structure.from_dict(d["learned"]), Structure.from_dict(d["expanded"])
-        d["expanded"].omega = omega
+        d["expanded"].omega, d["expanded"].cost = omega, cost
         return cls(**d)
 
 

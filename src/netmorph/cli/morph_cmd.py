@@ -228,8 +228,8 @@ def report(args, out, data, build, recipe, resource, hardware, result, baseline,
     last = result["rounds"][-1]
     widths_ok = plot_widths(out / "widths.png", result["rounds"][0].learned.original,
                             {"learned": last.learned, "final": result["structure"]})
-    targets = [absolute(args.shrink if isinstance(args.shrink, str) else args.shrink, c, "shrink")
-               for c in [result["original_cost"]] + [float(i.expanded.cost) for i in result["rounds"][:-1]]]
+    starts = [result["original_cost"]] + [float(i.expanded.cost) for i in result["rounds"][:-1]]
+    targets = [absolute(args.shrink, c, "shrink") for c in starts]
     curves_ok = plot_training(out / "training.png", result["rounds"], result["final_history"], base_hist,
                               result["original_cost"], targets, resource)
     text = [f"# netmorph morph: {args.model} on {data.name}", "",
