@@ -78,3 +78,30 @@ def test_explain_prune_and_expand_commands(tmp_path, capsys):
     assert 0.95 * full <= grown <= full
     assert run_cli("prune", "--model", "tiny", "--checkpoint", tmp_path / "nope.pt", "--out", tmp_path / "q") == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_tas_ctrl_c_then_resume_gives_the_uninterrupted_result(tmp_path):
+    import os
+    import signal
+    import threading
+    import time
+    argv = ["tas", "--epochs", "2", "--search-epochs", "2", "--batch-size", "128", "--tolerance", "0.1"]
+    assert run_cli(*argv, "--out", tmp_path / "straight") == 0
+    out = tmp_path / "run"
+
+    def interrupt():                      # Ctrl-C once the first search epoch is saved
+        deadline = time.time() + 300
+        while not (out / "search.pt").exists() and time.time() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+    t = threading.Thread(target=interrupt)
+    t.start()
+    code = run_cli(*argv, "--out", out)
+    t.join()
+    assert code == 130 and not (out / "metrics.json").exists()
+    assert run_cli("tas", "--resume", "--out", out) == 0
+    a = json.loads((out / "metrics.json").read_text())
+    b = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    assert a["structure"] == b["structure"]
+    assert [h["flops"] for h in a["search_history"]] == [h["flops"] for h in b["search_history"]]
+    assert [h["val_acc"] for h in a["kd_history"]] == [h["val_acc"] for h in b["kd_history"]]
