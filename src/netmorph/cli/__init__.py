@@ -54,7 +54,9 @@ def main(argv=None) -> int:
         print(f"netmorph: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        say("interrupted; the last checkpoint (end of the previous epoch) is kept: continue with --resume")
+        out = getattr(args, "out", None)
+        where = f"netmorph {args.command} --resume --out {out}" if out else "--resume"
+        say(f"interrupted; the last checkpoint (end of the previous epoch) is kept: continue with {where}")
         return 130
 
 
