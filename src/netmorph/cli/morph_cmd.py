@@ -117,11 +117,9 @@ def check_budget(build, example, budget_abs, resource, hardware) -> None:
                            f"changeable layer at one channel, {smallest:,.0f}; raise the budget")
 
 
-def train_baseline(build, data, recipe, out: Path, stop, progress) -> tuple:
-    """The original network, trained with the same recipe (resumable from ``baseline.pt``)."""
-    ckpt = out / "baseline.pt"
-    torch.manual_seed(recipe.seed)
-    model = build()
+def train_resumable(model, data, recipe, ckpt: Path, label: str, stop, progress, train=fit) -> list:
+    """``train(model, data.train, data.val, recipe, ...)`` (``fit`` or a wrapper of it), saved to
+    ``ckpt`` after every epoch and on Ctrl-C, continued from it when it exists; returns the history."""
     opt, gen = make_optimizer(model, recipe), torch.Generator().manual_seed(recipe.seed)
     saved = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
     if saved is not None:
@@ -129,19 +127,26 @@ def train_baseline(build, data, recipe, out: Path, stop, progress) -> tuple:
         opt.load_state_dict(saved["opt"])
         gen.set_state(saved["generator"])
         if saved["epoch"] >= recipe.epochs and saved["position"] is None:
-            return model, saved["history"]
+            return saved["history"]
 
     def keep(epoch, opt, gen, hist, position=None):
         if dist.is_main():
             save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "generator": gen.get_state(),
                          "epoch": epoch, "history": hist, "position": position}, ckpt)
-    progress.stage("original network (baseline)", recipe.epochs - (saved["epoch"] if saved else 0),
+    progress.stage(label, recipe.epochs - (saved["epoch"] if saved else 0),
                    math.ceil(len(data.train[0]) / recipe.batch_size))
-    history = fit(model, data.train, data.val, recipe, log=lambda s: C.say(f"  baseline {s}"), checkpoint=keep,
-                  start_epoch=saved["epoch"] if saved else 0, opt=opt, generator=gen, on_batch=progress.step,
-                  position=saved["position"] if saved else None, stop=stop,
-                  history=saved["history"] if saved else None)
-    return model, history
+    return train(model, data.train, data.val, recipe, log=lambda s: C.say(f"  {label}: {s}"), checkpoint=keep,
+                 start_epoch=saved["epoch"] if saved else 0, opt=opt, generator=gen, on_batch=progress.step,
+                 position=saved["position"] if saved else None, stop=stop,
+                 history=saved["history"] if saved else None)
+
+
+def train_baseline(build, data, recipe, out: Path, stop, progress) -> tuple:
+    """The original network, trained with the same recipe (resumable from ``baseline.pt``)."""
+    torch.manual_seed(recipe.seed)
+    model = build()
+    return model, train_resumable(model, data, recipe, out / "baseline.pt", "original network (baseline)", stop,
+                                  progress)
 
 
 def learned_model(build, result, example, recipe, resource, hardware):

@@ -19,9 +19,9 @@ from ..costs import count_flops
 from ..morph import absolute, save_atomic
 from ..resize import apply_structure
 from ..tas import TAS, distill, search
-from ..train import Interrupted, make_optimizer
+from ..train import Interrupted
 from . import common as C
-from .morph_cmd import add_common, restore, setup, train_baseline
+from .morph_cmd import add_common, restore, setup, train_baseline, train_resumable
 from .report import metrics, plot_search, plot_widths, table
 
 EPILOG = """examples:
@@ -76,7 +76,6 @@ def run(args) -> int:
                                        "torch": torch.__version__})
     C.log_to(out / "log.txt")
     C.say(f"netmorph tas: {args.model} on {data.name}, FLOPs {full:,} -> target {target:,.0f}; run directory {out}")
-    steps = math.ceil(len(data.train[0]) / recipe.batch_size)
     with C.StopFlag() as stop, C.Progress() as progress:
         try:
             if teacher_state is None:
@@ -92,7 +91,6 @@ def run(args) -> int:
             student = apply_structure(tas.model if args.init == "keep" else build(), structure,
                                       init="keep" if args.init == "keep" else "fresh", keep="first",
                                       example_inputs=example)
-            progress.stage("knowledge distillation", recipe.epochs, steps)
             kd_hist = run_distill(student, teacher, data, recipe, out, stop, progress)
         except Interrupted:
             C.say(f"interrupted: checkpoint saved in {out}; continue with: netmorph tas --resume --out {out}")
@@ -148,20 +146,8 @@ def run_search(args, data, recipe, teacher, target, out, stop, progress):
 
 
 def run_distill(student, teacher, data, recipe, out, stop, progress):
-    ckpt = out / "distill.pt"
-    opt, gen = make_optimizer(student, recipe), torch.Generator().manual_seed(recipe.seed)
-    saved = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
-    if saved is not None:
-        student.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["opt"])
-        gen.set_state(saved["generator"])
-
-    def keep(epoch, opt, gen, hist, position=None):
-        save_atomic({"model": student.state_dict(), "opt": opt.state_dict(), "generator": gen.get_state(),
-                     "epoch": epoch, "history": hist, "position": position}, ckpt)
-    if saved is not None and saved["epoch"] >= recipe.epochs and saved["position"] is None:
-        return saved["history"]
-    return distill(student, teacher, data.train, data.val, recipe, log=lambda s: C.say(f"  distill {s}"),
-                   checkpoint=keep, start_epoch=saved["epoch"] if saved else 0, opt=opt, generator=gen,
-                   on_batch=progress.step, position=saved["position"] if saved else None, stop=stop,
-                   history=saved["history"] if saved else None)
+    """The found network trained with knowledge distillation from the teacher (``distill.pt``)."""
+    def kd(model, train, val, recipe, **kw):
+        return distill(model, teacher, train, val, recipe, **kw)
+    return train_resumable(student, data, recipe, out / "distill.pt", "knowledge distillation", stop, progress,
+                           train=kd)
