@@ -144,8 +144,10 @@ def write_table(epochs: int) -> None:
             r = json.loads(f.read_text())
             ratio = f"{r['flops'] / base['flops']:.1%}" if base else "-"
             acc = f"{r['test_acc']:.2%}" if r.get("test_acc") is not None else "-"
+            # the epochs' own times (an arm resumed across processes reports only its last process's time)
+            minutes = sum(h.get("seconds", 0) for h in r["history"]) / 60 if r.get("history") else r["train_minutes"]
             rows.append(f"| {arm} | {NOTES[arm]} | {acc} | {r['flops'] / 1e6:.2f} M | {ratio} | {r['params']:,} | "
-                        f"{r['train_minutes']:.0f} min |")
+                        f"{minutes:.0f} min |")
         else:
             done = ""
             ckpt = CACHE / f"{arm}.pt"
