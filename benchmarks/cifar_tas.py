@@ -23,7 +23,7 @@ from netmorph.data import load_cifar10
 from netmorph.models import resnet20
 from netmorph.morph import save_atomic
 from netmorph.structure import Structure
-from netmorph.tas import TAS, kd_loss, search
+from netmorph.tas import TAS, kd_criterion, search
 from netmorph.train import Recipe
 
 from cifar_morphnet import CACHE, EXAMPLE, train_arm, write_table
@@ -62,15 +62,9 @@ def arm_search(data, recipe):
 
 def arm_kd(data, recipe):
     structure = Structure.from_dict(json.loads((CACHE / "tas_search.json").read_text())["structure"])
-    teach = teacher()
     torch.manual_seed(recipe.seed)
     student = netmorph.apply_structure(resnet20(), structure, init="fresh", keep="first", example_inputs=EXAMPLE)
-
-    def criterion(outputs, inputs, targets):
-        with torch.no_grad():
-            t_logits = teach(inputs)
-        return kd_loss(outputs, t_logits, targets, alpha=0.9, T=4.0)
-    return train_arm("tas_50%", student, data, recipe, criterion=criterion)
+    return train_arm("tas_50%", student, data, recipe, criterion=kd_criterion(teacher(), alpha=0.9, T=4.0))
 
 
 ARMS = {"tas_search": arm_search, "tas_50%": arm_kd}

@@ -31,6 +31,17 @@ def _scaled(learned: dict[int, int], omega: float, round_to: int) -> dict[int, i
             for g, w in learned.items()}
 
 
+def cost_floor(graph: ChannelGraph, resource="flops", hardware=None, round_to: int = 1,
+               widths: dict[int, int] | None = None) -> tuple[float, float]:
+    """``(frozen, smallest)``: the cost of the part no width change touches (every changeable group
+    at 0), and of the smallest structure (every changeable group of ``widths`` -- all of them by
+    default -- at ``round_to``; removed ones stay at 0). No budget below ``smallest`` can be met."""
+    if widths is None:
+        widths = {g: grp.width for g, grp in enumerate(graph.groups) if grp.frozen is None}
+    frozen = widths_cost(graph, {g: 0 for g in widths}, resource, hardware)
+    return frozen, widths_cost(graph, _scaled(widths, 0.0, round_to), resource, hardware)
+
+
 def expand(model, example_inputs, structure, budget: float, resource: str = "flops", hardware=None,
            round_to: int = 1) -> Structure:
     """``omega * O'`` for the largest ``omega`` whose cost is at most ``budget`` (absolute units).
@@ -49,11 +60,10 @@ def expand(model, example_inputs, structure, budget: float, resource: str = "flo
     graph = build_graph(model, example_inputs)
     named = group_targets(graph, structure)
     learned = {g: named.get(g, grp.width) for g, grp in enumerate(graph.groups) if grp.frozen is None}
-    frozen_cost = widths_cost(graph, {g: 0 for g in learned}, resource, hw)
+    frozen_cost, smallest = cost_floor(graph, resource, hw, round_to, learned)
     if budget < frozen_cost:
         raise ValueError(f"budget {budget:,.6g} is below the cost of the part of the network that cannot change "
                          f"({frozen_cost:,.6g} {resource}); raise the budget or unfreeze channels (see explain)")
-    smallest = widths_cost(graph, _scaled(learned, 0.0, round_to), resource, hw)
     if budget < smallest:
         raise ValueError(f"budget {budget:,.6g} is below the smallest structure ({smallest:,.6g} {resource} with "
                          f"every changeable group at {round_to} channel(s)); raise the budget")

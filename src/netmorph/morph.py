@@ -182,6 +182,15 @@ def regularize(model, train, val, example_inputs, target: float, recipe: Recipe,
     return structure, cost, info
 
 
+def replay(model: nn.Module, rounds: list, example_inputs, seed: int) -> nn.Module:
+    """The network after ``rounds`` (finished :class:`Round` s) starting from ``model``: each round's
+    expanded structure, freshly initialized with the seed :func:`morph` uses for it."""
+    for r, done in enumerate(rounds):
+        torch.manual_seed(seed + r + 1)
+        model = apply_structure(model, done.expanded, init="fresh", example_inputs=example_inputs)
+    return model
+
+
 def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budget="100%", shrink="50%",
           resource="flops", hardware=None, rounds: int = 1, recipe: Recipe | None = None,
           final_recipe: Recipe | None = None, round_to: int = 1, log: Callable = print,
@@ -219,9 +228,7 @@ def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budg
     history = [Round.from_dict(d) for d in state["rounds"]]
     for done, weights in zip(history, state["learned_models"]):
         done.state = weights
-    for r, done in enumerate(history):            # replay finished rounds: same seeds, same networks
-        torch.manual_seed(recipe.seed + r + 1)
-        model = apply_structure(model, done.expanded, init="fresh", example_inputs=example_inputs)
+    model = replay(model, history, example_inputs, recipe.seed)
     for r in range(len(history), rounds):
         current = graph_cost(model)
         target = absolute(shrink, current, "shrink")

@@ -19,10 +19,9 @@ import torch
 
 from .. import dist
 from ..datasets import load_data
-from ..expand import widths_cost
+from ..expand import cost_floor
 from ..graph import GraphRecordError, build_graph
-from ..morph import absolute, make_regularizer, morph, save_atomic
-from ..resize import apply_structure
+from ..morph import absolute, make_regularizer, morph, replay, save_atomic
 from ..surgery import prune
 from ..train import Interrupted, fit, make_optimizer
 from . import common as C
@@ -107,10 +106,7 @@ def setup(args, command: str):
 
 def check_budget(build, example, budget_abs, resource, hardware) -> None:
     """Refuse a budget the network cannot meet whatever the regularizer does."""
-    graph = build_graph(build(), example)
-    changeable = [g for g, grp in enumerate(graph.groups) if grp.frozen is None]
-    frozen = widths_cost(graph, {g: 0 for g in changeable}, resource, hardware)
-    smallest = widths_cost(graph, {g: 1 for g in changeable}, resource, hardware)
+    frozen, smallest = cost_floor(build_graph(build(), example), resource, hardware)
     if budget_abs < smallest:
         raise C.UsageError(f"--budget {budget_abs:,.0f} {resource} is unreachable: the channels that cannot change "
                            f"already cost {frozen:,.0f} (see netmorph explain) and the smallest network, every "
@@ -153,10 +149,7 @@ def learned_model(build, result, example, recipe, resource, hardware):
     """The last round's regularized network at the epoch its structure was picked, its dead channels
     removed: what the regularizer learned, as a real network."""
     torch.manual_seed(recipe.seed)
-    model = build()
-    for r, info in enumerate(result["rounds"][:-1]):
-        torch.manual_seed(recipe.seed + r + 1)
-        model = apply_structure(model, info.expanded, init="fresh", example_inputs=example)
+    model = replay(build(), result["rounds"][:-1], example, recipe.seed)
     model.load_state_dict(result["rounds"][-1].state)
     return prune(model, make_regularizer(model, example, resource, hardware))
 

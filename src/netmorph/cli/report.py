@@ -75,13 +75,35 @@ def table(rows: dict, resource: str) -> str:
     return "\n".join(lines)
 
 
-def plot_widths(path, original: dict, columns: dict) -> bool:
-    """Per-layer output widths, one bar per structure (MorphNet's Figure 1)."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, or None when matplotlib is not installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def _accuracy_axes(ax) -> None:
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("accuracy")
+    ax.legend(fontsize=8)
+
+
+def _save(plt, fig, path) -> bool:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_widths(path, original: dict, columns: dict) -> bool:
+    """Per-layer output widths, one bar per structure (MorphNet's Figure 1)."""
+    plt = _pyplot()
+    if plt is None:
         return False
     layers = list(original)
     series = {"original": [original[n] for n in layers]}
@@ -95,20 +117,14 @@ def plot_widths(path, original: dict, columns: dict) -> bool:
     ax.set_ylabel("output channels")
     ax.set_title("widths per layer")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def plot_training(path, rounds: list, final_history: list, baseline_history: list | None,
                   original_cost: float, shrink_targets: list, resource: str) -> bool:
     """Alive cost (fraction of the original) and validation accuracy over the epochs of every stage."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return False
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     for r, (info, target) in enumerate(zip(rounds, shrink_targets)):
@@ -125,25 +141,16 @@ def plot_training(path, rounds: list, final_history: list, baseline_history: lis
     a.set_ylabel(f"alive {resource} / original")
     a.set_title("cost while regularizing")
     a.legend(fontsize=8)
-    b.set_xlabel("epoch")
-    b.set_ylabel("validation accuracy")
-    b.set_title("accuracy")
-    b.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    _accuracy_axes(b)
+    return _save(plt, fig, path)
 
 
 def plot_search(path, search_history: list, teacher_history: list | None, kd_history: list, target: float,
                 full: float) -> bool:
     """TAS: argmax and expected FLOPs over the search epochs against the target band; validation
     accuracy of the teacher and of the distilled network."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return False
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = [h["epoch"] for h in search_history]
@@ -158,11 +165,5 @@ def plot_search(path, search_history: list, teacher_history: list | None, kd_his
         b.plot([h["epoch"] for h in teacher_history], [h["val_acc"] for h in teacher_history], marker=".",
                label="teacher (original)")
     b.plot([h["epoch"] for h in kd_history], [h["val_acc"] for h in kd_history], marker=".", label="found, distilled")
-    b.set_xlabel("epoch")
-    b.set_ylabel("validation accuracy")
-    b.set_title("accuracy")
-    b.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    _accuracy_axes(b)
+    return _save(plt, fig, path)

@@ -21,6 +21,16 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets:
     return (1 - alpha) * ce + alpha * T * T * kl
 
 
+def kd_criterion(teacher: nn.Module, alpha: float = 0.9, T: float = 4.0):
+    """``criterion(outputs, inputs, targets)`` for :func:`netmorph.train.fit`: :func:`kd_loss` against
+    the teacher's logits on the same (augmented) inputs, computed under ``no_grad``."""
+    def criterion(outputs, inputs, targets):
+        with torch.no_grad():
+            teacher_logits = teacher(inputs)
+        return kd_loss(outputs, teacher_logits, targets, alpha, T)
+    return criterion
+
+
 def distill(student: nn.Module, teacher: nn.Module, train, val, recipe, alpha: float = 0.9, T: float = 4.0,
             **fit_kwargs) -> list[dict]:
     """Train ``student`` with :func:`kd_loss` from ``teacher`` by :func:`netmorph.train.fit`.
@@ -34,12 +44,7 @@ def distill(student: nn.Module, teacher: nn.Module, train, val, recipe, alpha: f
     was = teacher.training
     teacher.eval()
 
-    def criterion(outputs, inputs, targets):
-        with torch.no_grad():
-            teacher_logits = teacher(inputs)
-        return kd_loss(outputs, teacher_logits, targets, alpha, T)
-
     try:
-        return fit(student, train, val, recipe, criterion=criterion, **fit_kwargs)
+        return fit(student, train, val, recipe, criterion=kd_criterion(teacher, alpha, T), **fit_kwargs)
     finally:
         teacher.train(was)
