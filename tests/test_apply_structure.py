@@ -3,7 +3,9 @@ import pytest
 import torch
 
 import netmorph
-from netmorph.graph.removed import Vanished
+from torch import nn
+
+from netmorph.graph.removed import ConstantOutput, Vanished
 from netmorph.models import MODELS, get_model, resnet20
 from tests.test_prune import kill, outputs
 
@@ -60,6 +62,52 @@ def test_width_zero_removes_a_residual_branch():
     small = netmorph.apply_structure(model, {"layer3.1.conv1": 0}, example_inputs=x)
     assert isinstance(small.layer3[1].conv1, Vanished)
     assert netmorph.count_flops(small, x) == netmorph.count_flops(model, x) - 2 * 2 * 4_718_592
+
+
+class Bottleneck(nn.Module):
+    """1x1 (c -> m) -> 3x3 (m -> m) -> 1x1 (m -> c), each with BN, added to the input."""
+
+    def __init__(self, c=8, m=4):
+        super().__init__()
+        conv_bn = lambda i, o, k: nn.Sequential(nn.Conv2d(i, o, k, padding=k // 2, bias=False), nn.BatchNorm2d(o))  # noqa: E731
+        self.a, self.b, self.c = conv_bn(c, m, 1), conv_bn(m, m, 3), conv_bn(m, c, 1)
+
+    def forward(self, x):
+        return torch.relu(x + self.c(torch.relu(self.b(torch.relu(self.a(x))))))
+
+
+class BottleneckNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.blocks = nn.Sequential(Bottleneck(), Bottleneck())
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def test_a_removed_bottleneck_takes_its_first_conv_with_it():
+    torch.manual_seed(0)
+    model, x = BottleneckNet().eval(), torch.randn(2, 3, 6, 6)
+    # the 3x3's group is the removable one (its reader's output is added); the first 1x1 only feeds it
+    small = netmorph.apply_structure(model, {"blocks.1.b.0": 0}, example_inputs=x).eval()
+    assert isinstance(small.blocks[1].a[0], Vanished) and isinstance(small.blocks[1].b[0], Vanished)
+    assert isinstance(small.blocks[1].c[0], ConstantOutput)
+    convs = 2 * 2 * 36 * (8 * 4 + 9 * 4 * 4 + 4 * 8)     # batch 2, 6x6: the block's 1x1, 3x3 and 1x1
+    assert netmorph.count_flops(small, x) == netmorph.count_flops(model, x) - convs
+    with torch.no_grad():                             # the block now adds what its BN makes of zeros
+        h = model.stem(x)
+        h = model.blocks[0](h)
+        expected = model.fc(torch.relu(h + model.blocks[1].c[1](torch.zeros_like(h))).mean((2, 3)))
+        assert torch.allclose(small(x), expected, atol=1e-6)
+    assert netmorph.apply_structure(model, {"blocks.1.a.0": 0, "blocks.1.b.0": 0}, example_inputs=x)
+    with pytest.raises(ValueError, match="'blocks.1.a.0' cannot have width 0"):    # it still feeds the 3x3
+        netmorph.apply_structure(model, {"blocks.1.a.0": 0}, example_inputs=x)
+    # expansion costs the structure as it is built: the tower is gone at every omega
+    learned = {"blocks.1.b.0": 0}
+    grown = netmorph.expand(model, x, learned, netmorph.count_flops(model, x))
+    assert grown["blocks.1.a.0"] == 0 and grown.omega > 1
 
 
 def test_fresh_init_reinitializes_every_parameter():

@@ -187,3 +187,29 @@ def test_prune_refuses_a_regularizer_of_another_model(x8):
     from tests.conftest import Chain
     with pytest.raises(ValueError, match="different model object"):
         netmorph.prune(Chain(), netmorph.GammaFlopsRegularizer(Chain(), x8))
+
+
+def test_a_pruned_model_with_a_new_bias_saves_and_loads_back(tmp_path):
+    """Dead channels feeding a bias-free conv with no BatchNorm after it: prune gives that conv a
+    bias; ``netmorph.load`` rebuilds the pruned network from structure.json + model.pt exactly."""
+    torch.manual_seed(0)
+    build = lambda: nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),  # noqa: E731
+                                  nn.Conv2d(8, 6, 1, bias=False), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+    model, x = build(), torch.randn(4, 3, 8, 8)
+    reg = netmorph.GammaFlopsRegularizer(model, x)
+    with torch.no_grad():
+        model[1].weight[[0, 3]] = 0
+        model[1].bias[[0, 3]] = torch.tensor([0.7, 0.2])
+    small = netmorph.prune(model, reg)
+    assert small[3].bias is not None and model[3].bias is None
+    reg.structure().save(tmp_path / "structure.json")
+    torch.save(small.state_dict(), tmp_path / "model.pt")
+    plain = netmorph.apply_structure(build(), reg.structure())
+    with pytest.raises(RuntimeError, match="Unexpected key.*3.bias"):
+        plain.load_state_dict(torch.load(tmp_path / "model.pt"))
+    loaded = netmorph.load(build(), tmp_path)
+    assert torch.equal(outputs(loaded, x), outputs(small, x))
+    assert torch.allclose(outputs(loaded, x), outputs(model, x), atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="nowhere.structure.json does not exist"):
+        netmorph.load(build(), tmp_path / "nowhere")

@@ -385,3 +385,28 @@ def test_pre_activation_densenet_argmax_tas_computes_what_the_derived_net_comput
     with torch.no_grad():
         assert torch.allclose(tas(inputs), derived(inputs), atol=1e-5)
     assert tas.flops() == netmorph.count_flops(derived, x)
+
+
+def test_a_dropped_bottleneck_block_costs_nothing_and_argmax_tas_computes_the_derived_net():
+    # the removable group of a bottleneck is its 3x3's; the first 1x1 only feeds it and goes with it
+    from tests.test_apply_structure import BottleneckNet
+    torch.manual_seed(0)
+    model, x = randomize_bn(BottleneckNet()).eval(), torch.randn(1, 3, 6, 6)
+    model.blocks.append(type(model.blocks[0])())                               # a stage of three blocks
+    tas = TAS(model, x, 0.6 * netmorph.count_flops(model, x)).eval()
+    (stage,) = tas.stages
+    assert [len(b.groups) for b in stage.blocks] == [2, 2, 2]                  # the 3x3's group and the 1x1's
+    last = [len(a) - 1 for a in tas.alphas]
+    set_logits(tas, last, [0])                                                 # keep one block of three
+    derived = tas.derive_model().eval()
+    assert all(isinstance(derived.blocks[j].a[0], Vanished) for j in (1, 2))
+    block = 2 * 36 * (8 * 4 + 9 * 4 * 4 + 4 * 8)
+    assert tas.flops() == netmorph.count_flops(derived, x) == netmorph.count_flops(model, x) - 2 * block
+    assert tas.expected_flops().item() == pytest.approx(tas.flops(), rel=1e-12)
+    set_logits(tas)                                                            # random widths and depths
+    tas.mode = "argmax"
+    derived = tas.derive_model().eval()
+    inputs = torch.randn(3, 3, 6, 6)
+    with torch.no_grad():
+        assert torch.allclose(tas(inputs), derived(inputs), atol=1e-5)
+    assert tas.flops() == netmorph.count_flops(derived, x) == pytest.approx(tas.expected_flops().item(), rel=1e-12)

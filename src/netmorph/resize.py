@@ -36,7 +36,11 @@ def _example(structure, example_inputs):
 
 
 def group_targets(graph: ChannelGraph, widths: Mapping[str, int]) -> dict[int, int]:
-    """Target width (in channels of the group) of every group a named layer belongs to."""
+    """Target width (in channels of the group) of every group a named layer belongs to.
+
+    A removed branch takes with it every group that only feeds it (:meth:`ChannelGraph.dead_towers`):
+    those get 0 whether named or not, as they would compute nothing anyone reads.
+    """
     widths = dict(widths.items())
     unknown = [n for n in widths if n not in graph.layers]
     if unknown:
@@ -54,15 +58,17 @@ def group_targets(graph: ChannelGraph, widths: Mapping[str, int]) -> dict[int, i
         target = width // mult
         if group.frozen is not None and target != group.width:
             raise ValueError(f"'{name}' cannot change width: {group.frozen}")
-        if target == 0 and not graph.removable(group):
-            raise ValueError(f"'{name}' cannot have width 0: only a removable branch (a residual branch, or one "
-                             "input of a concat) may disappear")
         if gid in targets and targets[gid][0] != target:
             other = targets[gid][1]
             raise ValueError(f"'{name}' and '{other}' are tied (their channels change together) but were given "
                              f"widths {width} and {widths[other]}")
         targets[gid] = (target, name)
-    return {g: t for g, (t, _) in targets.items()}
+    gone = graph.dead_towers({g for g, (t, _) in targets.items() if t == 0 and graph.removable(graph.groups[g])})
+    for gid, (target, name) in targets.items():
+        if target == 0 and gid not in gone:
+            raise ValueError(f"'{name}' cannot have width 0: only a removable branch (a residual branch, or one "
+                             "input of a concat) may disappear, with the layers that only feed it")
+    return {**{g: t for g, (t, _) in targets.items()}, **{g: 0 for g in gone}}
 
 
 def importance(model: nn.Module, graph: ChannelGraph) -> np.ndarray:
@@ -89,8 +95,8 @@ def apply_structure(model: nn.Module, structure, init: str = "keep", keep: str =
     """A copy of ``model`` with the widths of ``structure`` (a Structure or a mapping layer -> width).
 
     Layers not named keep their width; tied layers must agree; a width of 0 removes a removable
-    branch. Narrowing keeps the most important channels (``keep="importance"``: |gamma| or weight
-    norm) or the first ones (``keep="first"``); widening adds channels initialized the way the layer
+    branch, and with it the layers that only fed it (a bottleneck's first 1x1 conv). Narrowing
+    keeps the most important channels (``keep="importance"``: |gamma| or weight norm) or the first ones (``keep="first"``); widening adds channels initialized the way the layer
     type normally is. ``init="fresh"`` re-initializes every parameter (for training from scratch).
     ``example_inputs`` defaults to zeros of the shapes the structure recorded.
     """

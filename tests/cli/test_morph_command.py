@@ -44,12 +44,10 @@ def test_run_directory_holds_structures_model_metrics_and_pictures(straight_run)
     learned_row = metrics["models"]["learned"]
     assert learned_row["flops"] == pytest.approx(metrics["rounds"][0]["learned_cost"])
     # the final model reloads exactly as metrics.md says
-    structure = netmorph.Structure.load(out / "final" / "structure.json")
-    model = netmorph.apply_structure(load_model("tiny", 10, 1), structure)
-    model.load_state_dict(torch.load(out / "final" / "model.pt"))
+    model = netmorph.load(load_model("tiny", 10, 1), out / "final")
     assert netmorph.count_flops(model, torch.zeros(1, 1, 8, 8)) == final["flops"]
     text = (out / "metrics.md").read_text()
-    assert "measured CPU latency" in text and "apply_structure" in text
+    assert "measured CPU latency" in text and "netmorph.load(<your model builder>(), 'final')" in text
     pytest.importorskip("matplotlib", reason="pictures need matplotlib")
     for png in ("widths.png", "training.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

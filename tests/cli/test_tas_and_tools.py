@@ -22,10 +22,9 @@ def test_tas_command_finds_a_network_near_the_target_and_distills_it(tmp_path):
     assert target == pytest.approx(0.5 * full)
     final = m["models"]["final"]
     assert final["flops"] == m["models"]["searched"]["flops"] < full
-    structure = netmorph.Structure.load(out / "final" / "structure.json")
-    model = netmorph.apply_structure(load_model("tiny", 10, 1), structure, keep="first")
-    model.load_state_dict(torch.load(out / "final" / "model.pt"))
+    model = netmorph.load(load_model("tiny", 10, 1), out / "final")
     assert netmorph.count_flops(model, torch.zeros(1, 1, 8, 8)) == final["flops"]
+    assert "netmorph.load(" in (out / "metrics.md").read_text()
     assert len(m["kd_history"]) == 2 and len(m["search_history"]) == 3
     assert (out / "searched_structure.json").exists() and (out / "metrics.md").exists()
 
@@ -64,8 +63,8 @@ def test_explain_prune_and_expand_commands(tmp_path, capsys):
     assert run_cli("prune", "--model", "tiny", "--checkpoint", tmp_path / "reg.pt", "--out", tmp_path / "p") == 0
     structure = netmorph.Structure.load(tmp_path / "p" / "structure.json")
     assert structure["features.0.0"] == 16
-    small = netmorph.apply_structure(load_model("tiny", 10, 1), structure)
-    small.load_state_dict(torch.load(tmp_path / "p" / "model.pt"))
+    assert "netmorph.load(" in capsys.readouterr().out
+    small = netmorph.load(load_model("tiny", 10, 1), tmp_path / "p")
     model.eval(), small.eval()
     assert torch.allclose(model(example), small(example), atol=1e-5)
     capsys.readouterr()

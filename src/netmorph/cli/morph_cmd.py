@@ -245,9 +245,9 @@ def report(args, out, data, build, recipe, resource, hardware, result, baseline,
     if not (widths_ok and curves_ok):
         text.append("Pictures skipped: matplotlib is not installed (pip install 'netmorph[cli]').")
     text += ["", "Reload the final model:", "", "```python",
-             "import torch, netmorph", "structure = netmorph.Structure.load('final/structure.json')",
-             f"model = netmorph.apply_structure(<your model builder>(), structure)   # {args.model}",
-             "model.load_state_dict(torch.load('final/model.pt'))", "```"]
+             "import netmorph",
+             f"model = netmorph.load(<your model builder>(), 'final')   # {args.model}; structure.json + model.pt",
+             "```"]
     (out / "metrics.md").write_text("\n".join(text) + "\n")
     summary = {"models": rows, "budget": result["budget"], "original_cost": result["original_cost"],
                "final_cost": result["final_cost"], "resource": resource, "omega": result["structure"].omega,

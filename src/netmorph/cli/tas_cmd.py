@@ -111,10 +111,9 @@ def run(args) -> int:
             f"({args.init} init) with knowledge distillation from the teacher.", ""]
     if not pics:
         text.append("Pictures skipped: matplotlib is not installed (pip install 'netmorph[cli]').")
-    text += ["Reload the final model:", "", "```python", "import torch, netmorph",
-             "structure = netmorph.Structure.load('final/structure.json')",
-             "model = netmorph.apply_structure(<your model builder>(), structure, keep='first')",
-             "model.load_state_dict(torch.load('final/model.pt'))", "```"]
+    text += ["Reload the final model:", "", "```python", "import netmorph",
+             f"model = netmorph.load(<your model builder>(), 'final')   # {args.model}; structure.json + model.pt",
+             "```"]
     (out / "metrics.md").write_text("\n".join(text) + "\n")
     C.say("\n" + table(rows, "flops") + f"\n\nrun directory: {out}")
     C.write_json(out / C.COMPLETE, {"models": rows, "target": target, "original_flops": full,

@@ -113,7 +113,7 @@ def run_prune(args) -> int:
     torch.save(small.state_dict(), f"{args.out}/model.pt")
     print(f"{how}\nFLOPs {count_flops(model, example):,} -> {count_flops(small, example):,}; parameters "
           f"{count_params(model):,} -> {count_params(small):,}\nwrote {args.out}/structure.json and model.pt "
-          "(reload: netmorph.apply_structure(build(), Structure.load(...)).load_state_dict(torch.load(...)))")
+          f"(reload: netmorph.load(<your model builder>(), '{args.out}'))")
     return 0
 
 

@@ -121,19 +121,32 @@ class ChannelGraph:
             ch = group.channels
             if len(ch) and not alive[ch].any() and not self.removable(group):
                 alive[ch[np.argmax(values[ch]) if values is not None else 0]] = True
+        gone = {g.id for g in self.groups if not alive[g.channels].any()}
+        for gid in self.dead_towers(gone) - gone:
+            alive[self.groups[gid].channels] = False
+        return alive
+
+    def dead_towers(self, gone) -> set[int]:
+        """``gone`` (group ids that disappear) and every group that is then unused.
+
+        A changeable group made only by layers, all of whose readers keep no output channel (their
+        outputs lie in disappearing groups), computes nothing anyone reads: it disappears too,
+        repeated until nothing changes. A bottleneck's first 1x1 conv goes with its removed 3x3; a
+        concat branch dies back to where it forked. A group no layer reads (the network output) stays.
+        """
+        gone = set(gone)
         changed = True
         while changed:
             changed = False
             for group in self.groups:
-                ch = group.channels
-                if group.frozen is not None or not alive[ch].any() or not group.consumers:
+                if group.id in gone or group.frozen is not None or not group.consumers or \
+                        not all(p in self.layers for p in group.producers):
                     continue
                 readers = [n for n in group.consumers if n not in group.producers]
-                if all(not alive[self.layers[n].out].any() for n in readers) and \
-                        all(p in self.layers for p in group.producers):
-                    alive[ch] = False
+                if all(set(self.group_of[self.layers[n].out].tolist()) <= gone for n in readers):
+                    gone.add(group.id)
                     changed = True
-        return alive
+        return gone
 
     def removable(self, group: Group) -> bool:
         """Can every channel of ``group`` go at once, the network still computing the same function?

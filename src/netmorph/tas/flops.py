@@ -9,9 +9,9 @@ full output count: it is linear in the width). Giving every channel of group ``g
 
     s_g = E[C_g] / C_g,   E[C_g] = sum_k softmax(alpha_g)_k * c_k,
 
-and, for the removable group of block ``j`` of a searched stage, multiplies ``s_g`` by
-``P(depth > j) = sum_{d > j} softmax(beta)_d``: every piece reading or writing the branch's own
-channels scales with the probability the block is reached. With one-hot distributions each ``s_g``
+and, for the removable group of block ``j`` of a searched stage and the groups that only feed it,
+multiplies ``s_g`` by ``P(depth > j) = sum_{d > j} softmax(beta)_d``: every piece reading or
+writing the branch's own channels scales with the probability the block is reached. With one-hot distributions each ``s_g``
 is the derived width over the full width (0 for a dropped block), so the value is exactly
 ``count_flops`` of ``apply_structure(model, tas.derive(), keep="first")``.
 """

@@ -139,7 +139,8 @@ class TAS(nn.Module):
         for stage, beta in zip(self.stages, self.betas):
             reach = self._reach(stage, self._probs(beta, kind))
             for j, block in enumerate(stage.blocks):
-                scale[block.group] = scale[block.group] * reach[j]
+                for g in block.groups:
+                    scale[g] = scale[g] * reach[j]
         return torch.stack(scale)
 
     def expected_flops(self) -> torch.Tensor:
@@ -165,8 +166,9 @@ class TAS(nn.Module):
     def derive(self) -> Structure:
         """Argmax width of every layer; the layers of dropped blocks' branches at width 0."""
         chosen = {s.group: s.candidates[int(a.argmax())] for s, a in zip(self.spaces, self.alphas)}
-        dropped = {block.group for stage, beta in zip(self.stages, self.betas)
-                   for j, block in enumerate(stage.blocks) if j >= stage.candidates[int(beta.argmax())]}
+        dropped = {g for stage, beta in zip(self.stages, self.betas)
+                   for j, block in enumerate(stage.blocks) if j >= stage.candidates[int(beta.argmax())]
+                   for g in block.groups}
         widths = {name: 0 if g in dropped else mult * chosen.get(g, self._group_width[g])
                   for name, (g, mult, _) in self._layers.items()}
         return Structure(widths, original={n: w for n, (_, _, w) in self._layers.items()},

@@ -14,7 +14,8 @@ Rules:
   width 0). Blocks whose branches add into the same group form a *stage*, ordered as recorded.
   Depth candidates of a stage of ``n`` blocks: ``1..n`` if ``n <= 3``, else ``1, 3, 5, ...`` plus
   ``n``; depth ``d`` keeps the first ``d`` blocks. A stage of one block has nothing to choose and
-  gets no distribution.
+  gets no distribution. A dropped block takes with it the groups that only feed its removable
+  group (``graph.dead_towers``: a bottleneck's first 1x1 conv), as ``apply_structure`` does.
 """
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ class WidthSpace:
 class Block:
     group: int                  # the removable group of the branch
     outputs: list[str]          # modules whose output is the branch's contribution to the add
+    groups: list[int]           # every group that goes with it (this one and those only feeding it)
 
 
 @dataclasses.dataclass
@@ -131,6 +133,7 @@ def stages(graph: ChannelGraph, model: nn.Module) -> list[Stage]:
         into = {int(graph.group_of[graph.layers[c].out[0]]) for c in readers}
         if len(into) != 1:
             continue
-        block = Block(group.id, [_out_site(graph, model, c)[0] for c in readers])
+        block = Block(group.id, [_out_site(graph, model, c)[0] for c in readers],
+                      sorted(graph.dead_towers({group.id})))
         found.setdefault(into.pop(), []).append(block)
     return [Stage(res, blocks, depth_candidates(len(blocks))) for res, blocks in found.items() if len(blocks) > 1]
