@@ -2,7 +2,6 @@
 
 ``benchmarks/torchvision_zoo.py`` runs the same check on all 80 models and reports timings.
 """
-import numpy as np
 import pytest
 import torch
 
