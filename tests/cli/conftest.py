@@ -22,3 +22,18 @@ def run_cli(*argv):
 
 
 QUICK = ("--epochs", "2", "--batch-size", "128", "--no-baseline")
+
+
+def run_reload_code(metrics_md: str, run_dir):
+    """Run the python block of a run's metrics.md, from the run directory, as a user would; its ``model``."""
+    import os
+    import re
+    (code,) = re.findall(r"```python\n(.*?)```", metrics_md, re.S)
+    here = os.getcwd()
+    os.chdir(run_dir)
+    try:
+        scope = {}
+        exec(code, scope)
+    finally:
+        os.chdir(here)
+    return scope["model"]

@@ -84,6 +84,29 @@ def _accepts(fn, name: str, through_kwargs: bool = True) -> bool:
 def load_model(spec: str, num_classes: int | None = None, in_channels: int | None = None) -> nn.Module:
     """A built-in name (``resnet20``...) or ``module:function`` (called with ``num_classes`` /
     ``in_channels`` if it takes them); the current directory is importable."""
+    fn, kwargs = _builder(spec, num_classes, in_channels)
+    try:
+        model = fn(**kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise UsageError(f"--model {spec}: calling it failed ({type(exc).__name__}: {exc})") from None
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"--model {spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def reload_code(spec: str, num_classes: int | None, in_channels: int | None, directory: str = "final") -> list[str]:
+    """Python lines that rebuild a saved network of ``--model spec`` with :func:`netmorph.load`."""
+    _, kwargs = _builder(spec, num_classes, in_channels)
+    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    if ":" not in spec:
+        return ["import netmorph", f"model = netmorph.load(netmorph.models.get_model({spec!r}{', ' if args else ''}"
+                f"{args}), {directory!r})"]
+    module, _, function = spec.partition(":")
+    return ["import netmorph", f"import {module}", f"model = netmorph.load({module}.{function}({args}), {directory!r})"]
+
+
+def _builder(spec: str, num_classes, in_channels):
+    """The function ``--model spec`` names and the keyword arguments it will be called with."""
     if ":" not in spec:
         if spec not in MODELS:
             raise UsageError(f"unknown model {spec!r}: use a built-in ({', '.join(sorted(MODELS))}) or "
@@ -106,13 +129,7 @@ def load_model(spec: str, num_classes: int | None = None, in_channels: int | Non
         kwargs["num_classes"] = num_classes
     if in_channels is not None and _accepts(fn, "in_channels", through_kwargs=False):
         kwargs["in_channels"] = in_channels
-    try:
-        model = fn(**kwargs)
-    except Exception as exc:  # noqa: BLE001
-        raise UsageError(f"--model {spec}: calling it failed ({type(exc).__name__}: {exc})") from None
-    if not isinstance(model, nn.Module):
-        raise UsageError(f"--model {spec} returned {type(model).__name__}, not a torch.nn.Module")
-    return model
+    return fn, kwargs
 
 
 def input_shape(spec: str, text: str | None) -> tuple[int, ...]:

@@ -96,6 +96,7 @@ def setup(args, command: str):
 
     def build():
         return C.load_model(args.model, data.num_classes, in_ch)
+    build.reload_code = C.reload_code(args.model, data.num_classes, in_ch)
     try:
         build_graph(build(), data.example)
     except GraphRecordError as exc:
@@ -245,9 +246,7 @@ def report(args, out, data, build, recipe, resource, hardware, result, baseline,
     if not (widths_ok and curves_ok):
         text.append("Pictures skipped: matplotlib is not installed (pip install 'netmorph[cli]').")
     text += ["", "Reload the final model:", "", "```python",
-             "import netmorph",
-             f"model = netmorph.load(<your model builder>(), 'final')   # {args.model}; structure.json + model.pt",
-             "```"]
+             *build.reload_code, "```"]
     (out / "metrics.md").write_text("\n".join(text) + "\n")
     summary = {"models": rows, "budget": result["budget"], "original_cost": result["original_cost"],
                "final_cost": result["final_cost"], "resource": resource, "omega": result["structure"].omega,

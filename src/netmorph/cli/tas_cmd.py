@@ -111,9 +111,8 @@ def run(args) -> int:
             f"({args.init} init) with knowledge distillation from the teacher.", ""]
     if not pics:
         text.append("Pictures skipped: matplotlib is not installed (pip install 'netmorph[cli]').")
-    text += ["Reload the final model:", "", "```python", "import netmorph",
-             f"model = netmorph.load(<your model builder>(), 'final')   # {args.model}; structure.json + model.pt",
-             "```"]
+    text += ["Reload the final model (final/structure.json + final/model.pt):", "", "```python",
+             *build.reload_code, "```"]
     (out / "metrics.md").write_text("\n".join(text) + "\n")
     C.say("\n" + table(rows, "flops") + f"\n\nrun directory: {out}")
     C.write_json(out / C.COMPLETE, {"models": rows, "target": target, "original_flops": full,

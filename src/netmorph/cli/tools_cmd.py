@@ -113,7 +113,7 @@ def run_prune(args) -> int:
     torch.save(small.state_dict(), f"{args.out}/model.pt")
     print(f"{how}\nFLOPs {count_flops(model, example):,} -> {count_flops(small, example):,}; parameters "
           f"{count_params(model):,} -> {count_params(small):,}\nwrote {args.out}/structure.json and model.pt "
-          f"(reload: netmorph.load(<your model builder>(), '{args.out}'))")
+          "(reload: " + "; ".join(C.reload_code(args.model, args.num_classes, int(example.shape[1]), str(args.out))[1:]) + ")")
     return 0
 
 
