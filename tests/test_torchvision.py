@@ -58,3 +58,27 @@ def test_regularizer_backpropagates_on_the_zoo(name):
     reg = family(model, x)
     reg.loss().backward()
     assert sum(p.grad.abs().sum() for p in reg.source_parameters()) > 0
+
+
+def test_tas_on_resnet50_drops_whole_bottlenecks_and_derives_what_argmax_tas_computes():
+    from netmorph.graph.removed import ConstantOutput, Vanished
+    torch.manual_seed(0)
+    model, x = tvm.resnet50().eval(), torch.randn(1, 3, 64, 64)
+    full = netmorph.count_flops(model, x)
+    tas = netmorph.TAS(model, x, 0.5 * full)
+    assert [len(s.blocks) for s in tas.stages] == [3, 4, 6, 3]             # every block after a stage's first
+    with torch.no_grad():                                                  # full widths, depth 1 everywhere
+        for a in tas.alphas:
+            a.zero_()[-1] = 100
+        for b in tas.betas:
+            b.zero_()[0] = 100
+    derived = tas.derive_model().eval()
+    block = derived.layer3[4]
+    assert isinstance(block.conv1, Vanished) and isinstance(block.conv2, Vanished)
+    assert isinstance(block.conv3, ConstantOutput)
+    assert tas.flops() == netmorph.count_flops(derived, x) == pytest.approx(tas.expected_flops().item(), rel=1e-12)
+    assert tas.flops() < 0.4 * full
+    tas.mode = "argmax"
+    inputs = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(tas(inputs), derived(inputs), atol=1e-5)
