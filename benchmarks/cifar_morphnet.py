@@ -24,7 +24,7 @@ from netmorph.models import resnet20
 from netmorph.morph import regularize, save_atomic
 from netmorph.structure import Structure
 from netmorph.train import Recipe, evaluate, fit, make_optimizer
-from report import write_section
+from report import DOC, write_section
 
 # finished arms (ARM.json) are committed so a later session, on any machine, skips them; the per-epoch
 # checkpoints (ARM.pt) are not (override the directory with NETMORPH_BENCH_CACHE)
@@ -134,6 +134,23 @@ NOTES = {"baseline": "ResNet-20 as is", "uniform_0.7": "every width x0.7",
          "tas_50%": "TAS structure (target 50%), trained with KD from the baseline"}
 
 
+def widths_picture() -> str:
+    """docs/cifar_widths.png: every layer's width in each finished arm (MorphNet's Figure 1); its markdown."""
+    from netmorph.cli.report import plot_widths
+    conv_widths = lambda m: {n: x.out_channels for n, x in m.named_modules()  # noqa: E731
+                             if isinstance(x, torch.nn.Conv2d)}
+    original = conv_widths(resnet20())
+    columns = {}
+    if (CACHE / "uniform_0.7.json").exists():
+        columns["uniform x0.7"] = conv_widths(resnet20(width=0.7))
+    for arm, label, key in [("morph_regularize", "MorphNet learned", "learned"), ("morph_50%", "MorphNet 50%", "structure"),
+                            ("morph_100%", "MorphNet 100%", "structure"), ("tas_search", "TAS 50%", "structure")]:
+        if (CACHE / f"{arm}.json").exists():
+            columns[label] = dict(Structure.from_dict(json.loads((CACHE / f"{arm}.json").read_text())[key]))
+    path = DOC.parent / "cifar_widths.png"
+    return "\n\n![per-layer widths of every arm](cifar_widths.png)" if plot_widths(path, original, columns) else ""
+
+
 def write_table(epochs: int) -> None:
     base = json.loads((CACHE / "baseline.json").read_text()) if (CACHE / "baseline.json").exists() else None
     rows = ["| arm | what | test acc | FLOPs (batch 1) | FLOPs vs baseline | params | train time |",
@@ -161,7 +178,7 @@ def write_table(epochs: int) -> None:
                   "on the 10k test images; FLOPs counted by netmorph (= torch's FlopCounterMode). This run trained two arms "
                   "side by side with 1 torch thread each (and other work on the machine), so a train time is about "
                   "twice what one arm alone with 2 threads takes.\n\n"
-                  + "\n".join(rows))
+                  + "\n".join(rows) + widths_picture())
 
 
 if __name__ == "__main__":
