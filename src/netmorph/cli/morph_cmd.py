@@ -25,7 +25,7 @@ from ..morph import absolute, make_regularizer, morph, replay, save_atomic
 from ..surgery import prune
 from ..train import Interrupted, fit, make_optimizer
 from . import common as C
-from .report import metrics, plot_training, plot_widths, table
+from .report import metrics, plot_training, plot_widths, speed_note, table
 
 EPILOG = """examples:
   netmorph morph                                   # built-in digits + tiny CNN, FLOPs budget 100%
@@ -243,6 +243,10 @@ def report(args, out, data, build, recipe, resource, hardware, result, baseline,
     if not last.reached_target:
         text.append(f"Note: the regularizer did not reach the shrink target {args.shrink}; the smallest structure "
                     "seen was used. Train longer (--epochs) or shrink less (--shrink).")
+    note = speed_note(rows, resource)
+    if note:
+        text.append(note)
+        C.say(note)
     if not (widths_ok and curves_ok):
         text.append("Pictures skipped: matplotlib is not installed (pip install 'netmorph[cli]').")
     text += ["", "Reload the final model:", "", "```python",

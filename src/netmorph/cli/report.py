@@ -45,6 +45,25 @@ def metrics(models: dict, test, example, resource: str, hardware, batch: int = 6
     return out
 
 
+def speed_note(rows: dict, resource: str, model: str = "final", slack: float = 0.15) -> str | None:
+    """A warning when ``model`` saved much less measured CPU time than it saved of ``resource``.
+
+    Both are ratios to the first row; the warning is given when the time ratio exceeds the resource
+    ratio by more than ``slack`` (latency measured on a shared machine moves by several percent).
+    """
+    first, row = rows[next(iter(rows))], rows.get(model)
+    if row is None or not first.get(resource) or not first.get("latency_ms") or row.get(resource) is None:
+        return None
+    cost, time_ = row[resource] / first[resource], row["latency_ms"] / first["latency_ms"]
+    if time_ <= cost + slack:
+        return None
+    what = {"flops": "FLOPs", "size": "model size", "latency": "roofline latency"}[resource]
+    return (f"Note: on this CPU the {model} network takes {time_:.0%} of the original's measured time for "
+            f"{cost:.0%} of its {what}: {what} is not CPU time here. Layers left with few channels on large "
+            "feature maps, and widths that are not multiples of 8, run slowly on CPUs. For a CPU target try "
+            "--round-to 8, and compare the measured latency again (docs/benchmarks.md shows the effect on CIFAR-10).")
+
+
 def table(rows: dict, resource: str) -> str:
     """A markdown table, one column per model, ratios against the first."""
     names = list(rows)

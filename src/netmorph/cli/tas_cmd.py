@@ -22,7 +22,7 @@ from ..tas import TAS, distill, search
 from ..train import Interrupted
 from . import common as C
 from .morph_cmd import add_common, restore, setup, train_baseline, train_resumable
-from .report import metrics, plot_search, plot_widths, table
+from .report import metrics, plot_search, plot_widths, speed_note, table
 
 EPILOG = """examples:
   netmorph tas                                            # built-in digits + tiny CNN, 50% of the FLOPs
@@ -109,6 +109,10 @@ def run(args) -> int:
                                                               ", loaded from --teacher)") +
             "; searched: the derived network with the search's weights; final: the derived network trained "
             f"({args.init} init) with knowledge distillation from the teacher.", ""]
+    note = speed_note(rows, "flops")
+    if note:
+        text.append(note)
+        C.say(note)
     if not pics:
         text.append("Pictures skipped: matplotlib is not installed (pip install 'netmorph[cli]').")
     text += ["Reload the final model (final/structure.json + final/model.pt):", "", "```python",
