@@ -22,6 +22,7 @@ import torch
 
 import netmorph
 import numpy as np
+from netmorph.cli.report import interleaved_times
 from netmorph.costs import Hardware, count_cost
 from netmorph.models import resnet20
 from netmorph.structure import Structure
@@ -54,13 +55,7 @@ def finished_arms() -> dict:
 
 def paired_times(models: dict, x: torch.Tensor, rounds: int, warmup: int = 3) -> tuple[dict, dict]:
     """Median ms of each model, and the median over rounds of its time / the baseline's in that round."""
-    times = {k: [] for k in models}
-    for i in range(warmup + rounds):
-        for name, m in models.items():
-            t = time.perf_counter()
-            m(x)
-            if i >= warmup:
-                times[name].append(time.perf_counter() - t)
+    times = interleaved_times(models, x, rounds, warmup)
     base = np.asarray(times["baseline"])
     return ({k: 1000 * float(np.median(v)) for k, v in times.items()},
             {k: float(np.median(np.asarray(v) / base)) for k, v in times.items()})

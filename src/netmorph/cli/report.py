@@ -17,8 +17,9 @@ from ..train import evaluate
 
 
 @torch.no_grad()
-def measure_latency(models: dict, x: torch.Tensor, repeats: int = 20, warmup: int = 3) -> dict:
-    """Median milliseconds of one forward pass of each model on ``x``, interleaved."""
+def interleaved_times(models: dict, x: torch.Tensor, repeats: int = 20, warmup: int = 3) -> dict:
+    """Seconds of each model's forward pass on ``x`` in every round; every round runs every model once
+    (eval mode), so a slow moment of the machine hits all of them alike."""
     for m in models.values():
         m.eval()
     times = {k: [] for k in models}
@@ -28,7 +29,12 @@ def measure_latency(models: dict, x: torch.Tensor, repeats: int = 20, warmup: in
             m(x)
             if i >= warmup:
                 times[name].append(time.perf_counter() - t)
-    return {k: 1000 * float(np.median(v)) for k, v in times.items()}
+    return times
+
+
+def measure_latency(models: dict, x: torch.Tensor, repeats: int = 20, warmup: int = 3) -> dict:
+    """Median milliseconds of one forward pass of each model on ``x``, interleaved."""
+    return {k: 1000 * float(np.median(v)) for k, v in interleaved_times(models, x, repeats, warmup).items()}
 
 
 def metrics(models: dict, test, example, resource: str, hardware, batch: int = 64) -> dict:
