@@ -29,14 +29,18 @@ from netmorph.structure import Structure
 from cifar_morphnet import CACHE, EXAMPLE
 from report import write_section
 
+
+def _expanded(result: dict) -> torch.nn.Module:
+    return netmorph.apply_structure(resnet20(), Structure.from_dict(result["structure"]), example_inputs=EXAMPLE)
+
+
 #: arm -> how its architecture is built from ResNet-20 and the arm's cached result
 BUILD = {
     "baseline": lambda r: resnet20(),
     "uniform_0.7": lambda r: resnet20(width=0.7),
-    "morph_50%": lambda r: netmorph.apply_structure(resnet20(), Structure.from_dict(r["structure"]),
-                                                    example_inputs=EXAMPLE),
-    "morph_100%": lambda r: netmorph.apply_structure(resnet20(), Structure.from_dict(r["structure"]),
-                                                     example_inputs=EXAMPLE),
+    "morph_50%": _expanded,
+    "morph_100%": _expanded,
+    "morph_50%_r8": _expanded,
     "tas_50%": lambda r: netmorph.apply_structure(resnet20(), Structure.from_dict(
         json.loads((CACHE / "tas_search.json").read_text())["structure"]), keep="first", example_inputs=EXAMPLE),
 }

@@ -89,21 +89,22 @@ def arm_morph_regularize(data, recipe):
             "params": netmorph.count_params(netmorph.apply_structure(model, learned, example_inputs=EXAMPLE))}
 
 
-def arm_morph(budget: float):
+def arm_morph(budget: float, round_to: int = 1):
     def run(data, recipe):
         learned = Structure.from_dict(json.loads((CACHE / "morph_regularize.json").read_text())["learned"])
         model = resnet20()
-        expanded = netmorph.expand(model, EXAMPLE, learned, budget * netmorph.count_flops(model, EXAMPLE))
+        expanded = netmorph.expand(model, EXAMPLE, learned, budget * netmorph.count_flops(model, EXAMPLE),
+                                   round_to=round_to)
         torch.manual_seed(recipe.seed)
         final = netmorph.apply_structure(model, expanded, init="fresh", example_inputs=EXAMPLE)
-        out = train_arm(f"morph_{budget:.0%}", final, data, recipe)
+        out = train_arm(f"morph_{budget:.0%}" + (f"_r{round_to}" if round_to > 1 else ""), final, data, recipe)
         out.update(structure=expanded.to_dict(), omega=expanded.omega)
         return out
     return run
 
 
 ARMS = {"baseline": arm_baseline, "uniform_0.7": arm_uniform, "morph_regularize": arm_morph_regularize,
-        "morph_50%": arm_morph(0.5), "morph_100%": arm_morph(1.0)}
+        "morph_50%": arm_morph(0.5), "morph_100%": arm_morph(1.0), "morph_50%_r8": arm_morph(0.5, round_to=8)}
 
 
 def main():
@@ -125,11 +126,13 @@ def main():
 
 
 #: every arm of the CIFAR-10 table, in its order (the TAS arm is run by benchmarks/cifar_tas.py)
-TABLE = ["baseline", "uniform_0.7", "morph_regularize", "morph_50%", "morph_100%", "tas_search", "tas_50%"]
+TABLE = ["baseline", "uniform_0.7", "morph_regularize", "morph_50%", "morph_100%", "morph_50%_r8", "tas_search",
+         "tas_50%"]
 NOTES = {"baseline": "ResNet-20 as is", "uniform_0.7": "every width x0.7",
          "morph_regularize": "regularized run: learns the structure (not retrained)",
          "morph_50%": "learned structure expanded to 50% FLOPs, trained from scratch",
          "morph_100%": "learned structure expanded to 100% FLOPs, trained from scratch",
+         "morph_50%_r8": "as morph_50%, every width a multiple of 8 (expand round_to=8; for CPUs)",
          "tas_search": "TAS search from the baseline's weights",
          "tas_50%": "TAS structure (target 50%), trained with KD from the baseline"}
 
@@ -144,7 +147,9 @@ def widths_picture() -> str:
     if (CACHE / "uniform_0.7.json").exists():
         columns["uniform x0.7"] = conv_widths(resnet20(width=0.7))
     for arm, label, key in [("morph_regularize", "MorphNet learned", "learned"), ("morph_50%", "MorphNet 50%", "structure"),
-                            ("morph_100%", "MorphNet 100%", "structure"), ("tas_search", "TAS 50%", "structure")]:
+                            ("morph_100%", "MorphNet 100%", "structure"),
+                            ("morph_50%_r8", "MorphNet 50%, round_to 8", "structure"),
+                            ("tas_search", "TAS 50%", "structure")]:
         if (CACHE / f"{arm}.json").exists():
             columns[label] = dict(Structure.from_dict(json.loads((CACHE / f"{arm}.json").read_text())[key]))
     path = DOC.parent / "cifar_widths.png"
