@@ -65,3 +65,13 @@ def wrap(model: torch.nn.Module) -> torch.nn.Module:
 def barrier() -> None:
     if active():
         td.barrier()
+
+
+def finish(ok: bool) -> None:
+    """Leave the process group. After a run that succeeded every rank first waits for the others (rank
+    0 writes the report last), so no rank exits while another still talks to it, which can abort the
+    late one; after a failure there is no wait, as the other ranks may never arrive."""
+    if active():
+        if ok:
+            td.barrier()
+        td.destroy_process_group()

@@ -41,8 +41,11 @@ def _one_line(exc: BaseException) -> str:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     dist.setup()
+    ok = False
     try:
-        return args.run(args)
+        code = args.run(args)
+        ok = code == 0
+        return code
     except UsageError as exc:
         print(f"netmorph: error: {_one_line(exc)}", file=sys.stderr)
         return 2
@@ -58,6 +61,8 @@ def main(argv=None) -> int:
         where = f"netmorph {args.command} --resume --out {out}" if out else "--resume"
         say(f"interrupted; the last checkpoint (end of the previous epoch) is kept: continue with {where}")
         return 130
+    finally:
+        dist.finish(ok)
 
 
 def _mark_failed(args, exc) -> None:
