@@ -180,9 +180,9 @@ def write_table(epochs: int) -> None:
     write_section("cifar_morphnet", "MorphNet and TAS on CIFAR-10 (benchmarks/cifar_morphnet.py, cifar_tas.py)",
                   "python benchmarks/cifar_morphnet.py && python benchmarks/cifar_tas.py",
                   f"ResNet-20, {epochs} epochs per training run, recipe in the scripts' docstrings; test accuracy "
-                  "on the 10k test images; FLOPs counted by netmorph (= torch's FlopCounterMode). This run trained two arms "
-                  "side by side with 1 torch thread each (and other work on the machine), so a train time is about "
-                  "twice what one arm alone with 2 threads takes.\n\n"
+                  "on the 10k test images; FLOPs counted by netmorph (= torch's FlopCounterMode). Most arms trained two "
+                  "side by side with 1 torch thread each (and other work on the machine), so their train time is "
+                  "about twice what one arm alone with 2 threads takes; morph_50%_r8 ran alone with 2.\n\n"
                   + "\n".join(rows) + widths_picture())
 
 
