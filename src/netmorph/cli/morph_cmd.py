@@ -96,7 +96,6 @@ def setup(args, command: str):
 
     def build():
         return C.load_model(args.model, data.num_classes, in_ch)
-    build.reload_code = C.reload_code(args.model, data.num_classes, in_ch)
     try:
         build_graph(build(), data.example)
     except GraphRecordError as exc:
@@ -243,14 +242,7 @@ def report(args, out, data, build, recipe, resource, hardware, result, baseline,
     if not last.reached_target:
         text.append(f"Note: the regularizer did not reach the shrink target {args.shrink}; the smallest structure "
                     "seen was used. Train longer (--epochs) or shrink less (--shrink).")
-    note = speed_note(rows, resource)
-    if note:
-        text.append(note)
-        C.say(note)
-    if not (widths_ok and curves_ok):
-        text.append("Pictures skipped: matplotlib is not installed (pip install 'netmorph[cli]').")
-    text += ["", "Reload the final model:", "", "```python",
-             *build.reload_code, "```"]
+    text += closing_lines(args, data, rows, resource, widths_ok and curves_ok)
     (out / "metrics.md").write_text("\n".join(text) + "\n")
     summary = {"models": rows, "budget": result["budget"], "original_cost": result["original_cost"],
                "final_cost": result["final_cost"], "resource": resource, "omega": result["structure"].omega,
@@ -259,6 +251,21 @@ def report(args, out, data, build, recipe, resource, hardware, result, baseline,
     C.say("\n" + table(rows, resource) + f"\n\nrun directory: {out}  (metrics.md, widths.png, training.png, "
           "final/structure.json + final/model.pt)")
     C.write_json(out / C.COMPLETE, summary)                    # last: marks the run finished
+
+
+def closing_lines(args, data, rows: dict, resource: str, pictures_ok: bool) -> list[str]:
+    """The end of a run's metrics.md: the warning when the final network's measured time did not follow
+    ``resource`` (also said on the console), a line when the pictures were skipped, and the code that
+    reloads ``final/``."""
+    lines = []
+    note = speed_note(rows, resource)
+    if note:
+        lines.append(note)
+        C.say(note)
+    if not pictures_ok:
+        lines.append("Pictures skipped: matplotlib is not installed (pip install 'netmorph[cli]').")
+    code = C.reload_code(args.model, data.num_classes, int(data.example.shape[1]))
+    return lines + ["", "Reload the final model (final/structure.json + final/model.pt):", "", "```python", *code, "```"]
 
 
 def ranks_agree(result) -> dict:

@@ -21,8 +21,8 @@ from ..resize import apply_structure
 from ..tas import TAS, distill, search
 from ..train import Interrupted
 from . import common as C
-from .morph_cmd import add_common, restore, setup, train_baseline, train_resumable
-from .report import metrics, plot_search, plot_widths, speed_note, table
+from .morph_cmd import add_common, closing_lines, restore, setup, train_baseline, train_resumable
+from .report import metrics, plot_search, plot_widths, table
 
 EPILOG = """examples:
   netmorph tas                                            # built-in digits + tiny CNN, 50% of the FLOPs
@@ -109,14 +109,7 @@ def run(args) -> int:
                                                               ", loaded from --teacher)") +
             "; searched: the derived network with the search's weights; final: the derived network trained "
             f"({args.init} init) with knowledge distillation from the teacher.", ""]
-    note = speed_note(rows, "flops")
-    if note:
-        text.append(note)
-        C.say(note)
-    if not pics:
-        text.append("Pictures skipped: matplotlib is not installed (pip install 'netmorph[cli]').")
-    text += ["Reload the final model (final/structure.json + final/model.pt):", "", "```python",
-             *build.reload_code, "```"]
+    text += closing_lines(args, data, rows, "flops", pics)
     (out / "metrics.md").write_text("\n".join(text) + "\n")
     C.say("\n" + table(rows, "flops") + f"\n\nrun directory: {out}")
     C.write_json(out / C.COMPLETE, {"models": rows, "target": target, "original_flops": full,

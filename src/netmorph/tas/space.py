@@ -54,9 +54,8 @@ class WidthSpace:
 
 @dataclasses.dataclass
 class Block:
-    group: int                  # the removable group of the branch
+    groups: list[int]           # the branch's removable group and the groups that only feed it
     outputs: list[str]          # modules whose output is the branch's contribution to the add
-    groups: list[int]           # every group that goes with it (this one and those only feeding it)
 
 
 @dataclasses.dataclass
@@ -133,7 +132,6 @@ def stages(graph: ChannelGraph, model: nn.Module) -> list[Stage]:
         into = {int(graph.group_of[graph.layers[c].out[0]]) for c in readers}
         if len(into) != 1:
             continue
-        block = Block(group.id, [_out_site(graph, model, c)[0] for c in readers],
-                      sorted(graph.dead_towers({group.id})))
+        block = Block(sorted(graph.dead_towers({group.id})), [_out_site(graph, model, c)[0] for c in readers])
         found.setdefault(into.pop(), []).append(block)
     return [Stage(res, blocks, depth_candidates(len(blocks))) for res, blocks in found.items() if len(blocks) > 1]
