@@ -7,6 +7,7 @@ from .costs import HARDWARE, RESOURCES, Hardware, count_flops, count_params
 from .expand import expand
 from .explain import explain
 from .graph import ChannelGraph, GraphRecordError, build_graph
+from . import models
 from .load import load
 from .regularizers import (GammaFlopsRegularizer, GammaLatencyRegularizer, GammaModelSizeRegularizer,
                            GroupLassoFlopsRegularizer, GroupLassoLatencyRegularizer,
@@ -18,7 +19,7 @@ from .tas import TAS, distill, kd_loss
 
 __all__ = [
     "HARDWARE", "RESOURCES", "Hardware", "count_flops", "count_params", "explain", "ChannelGraph",
-    "GraphRecordError", "build_graph", "Structure", "prune", "PruneReport", "apply_structure", "expand", "load",
+    "GraphRecordError", "build_graph", "models", "Structure", "prune", "PruneReport", "apply_structure", "expand", "load",
     "GammaFlopsRegularizer", "GammaModelSizeRegularizer", "GammaLatencyRegularizer",
     "TAS", "kd_loss", "distill", "GroupLassoFlopsRegularizer", "GroupLassoModelSizeRegularizer", "GroupLassoLatencyRegularizer",
 ]

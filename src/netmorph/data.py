@@ -1,11 +1,12 @@
 """Data sources: CIFAR-10 from files on disk (no downloads), returned as normalized tensors."""
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .safeload import load_data_pickle
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -20,13 +21,16 @@ def _normalize(x: np.ndarray) -> torch.Tensor:
 
 def _read(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     if (path / "cifar10_train.npz").exists() and (path / "cifar10_test.npz").exists():
-        tr, te = np.load(path / "cifar10_train.npz"), np.load(path / "cifar10_test.npz")
+        tr = np.load(path / "cifar10_train.npz", allow_pickle=False)    # never unpickle data
+        te = np.load(path / "cifar10_test.npz", allow_pickle=False)
         return tr["x"], tr["y"], te["x"], te["y"]
     batches = sorted(path.glob("data_batch_*"))
     if batches and (path / "test_batch").exists():
         def load(f):
-            with open(f, "rb") as fh:
-                d = pickle.load(fh, encoding="bytes")
+            d = load_data_pickle(f, "CIFAR-10 batch")     # numpy arrays and plain data only, never code
+            if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
+                raise ValueError(f"CIFAR-10 batch {f} is not a CIFAR-10 python batch (no data and labels); "
+                                 "use the files of cifar-10-python.tar.gz or cifar10_{train,test}.npz")
             return d[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.array(d[b"labels"])
         parts = [load(f) for f in batches]
         xt, yt = load(path / "test_batch")

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .resize import apply_structure
+from .safeload import load_torch
 from .structure import Structure
 
 
@@ -29,7 +30,7 @@ def load(model: nn.Module, directory, example_inputs=None, map_location="cpu") -
             raise FileNotFoundError(f"{directory / name} does not exist: load() reads the structure.json and "
                                     "model.pt that a netmorph run (final/) or `netmorph prune --out` writes")
     structure = Structure.load(directory / "structure.json")
-    state = torch.load(directory / "model.pt", map_location=map_location, weights_only=True)
+    state = load_torch(directory / "model.pt", "the saved network's weights", map_location=map_location)
     built = apply_structure(model, structure, keep="first", example_inputs=example_inputs)
     for key, value in state.items():
         owner, _, leaf = key.rpartition(".")

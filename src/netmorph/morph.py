@@ -26,6 +26,7 @@ from . import regularizers as R
 from .costs import check_resource, count_cost
 from .expand import expand
 from .resize import apply_structure
+from .safeload import load_torch
 from .structure import Structure
 from . import dist
 from .train import Interrupted, Recipe, evaluate as accuracy, fit, make_optimizer, one_cycle, train_epoch
@@ -213,7 +214,7 @@ def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budg
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     path = Path(checkpoint_path) if checkpoint_path else None
-    state = torch.load(path, weights_only=False) if path is not None and path.exists() else \
+    state = load_torch(path, "the morph checkpoint") if path is not None and path.exists() else \
         {"rounds": [], "learned_models": [], "stage": None, "train": None}
 
     def save():

@@ -16,6 +16,7 @@ from torch import nn
 
 from .. import dist
 from ..costs import HARDWARE, get_hardware
+from ..safeload import load_state_dict, load_torch
 from ..models import MODELS
 
 #: the input each built-in network was designed for (C, H, W)
@@ -145,6 +146,32 @@ def input_shape(spec: str, text: str | None) -> tuple[int, ...]:
     if ":" in spec:
         raise UsageError(f"--model {spec}: say what it takes with --input-shape C,H,W (batch excluded)")
     return BUILTIN_INPUT.get(spec, DEFAULT_INPUT)
+
+
+# -- files the user hands us, and the run's own ----------------------------------------------------
+TRUST_HELP = ("unpickle --checkpoint/--teacher in full (needed only for a file holding Python objects of your "
+              "own beside the weights): do this only for a file you made yourself, since a crafted file runs "
+              "any code it carries")
+
+
+def user_state_dict(path: str, flag: str, model: nn.Module, trust: bool = False) -> dict:
+    """The state dict in a file the user names with ``flag`` (a state_dict, a netmorph or Lightning
+    checkpoint, ``.safetensors``), loaded without running code unless ``trust``; fitted to ``model``."""
+    try:
+        return load_state_dict(path, model, what=flag, trust=trust, trust_flag="--trust-checkpoint")
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def load_run_file(path: Path, what: str = "the run's checkpoint"):
+    """One of the run directory's own torch files (``checkpoint.pt``, ``search.pt``, ...), loaded
+    as plain data; ``None`` when it does not exist yet."""
+    if not path.exists():
+        return None
+    try:
+        return load_torch(path, what)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 # -- the run directory ------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ def train_resumable(model, data, recipe, ckpt: Path, label: str, stop, progress,
     """``train(model, data.train, data.val, recipe, ...)`` (``fit`` or a wrapper of it), saved to
     ``ckpt`` after every epoch and on Ctrl-C, continued from it when it exists; returns the history."""
     opt, gen = make_optimizer(model, recipe), torch.Generator().manual_seed(recipe.seed)
-    saved = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
+    saved = C.load_run_file(ckpt)
     if saved is not None:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["opt"])

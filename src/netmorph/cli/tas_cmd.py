@@ -40,7 +40,9 @@ def add_parser(sub) -> None:
     p.add_argument("--search-epochs", type=C.positive_int, default=None, help="search epochs (default: --epochs)")
     p.add_argument("--tolerance", type=float, default=0.05, help="the FLOPs loss's tolerance band (default 0.05)")
     p.add_argument("--teacher", default=None, help="state_dict file of the trained original network (default: "
-                   "train it with the same recipe)")
+                   "train it with the same recipe); a state_dict, checkpoint, Lightning .ckpt or .safetensors, read as plain "
+                   "data")
+    p.add_argument("--trust-checkpoint", action="store_true", help=C.TRUST_HELP)
     p.add_argument("--init", choices=("fresh", "keep"), default="fresh", help="the found network starts from "
                    "fresh weights (default) or the searched weights of its first channels")
     p.set_defaults(run=run)
@@ -61,8 +63,7 @@ def run(args) -> int:
         raise C.UsageError(f"netmorph tas: {exc}") from None
     teacher_state = None
     if args.teacher:
-        from .tools_cmd import _load_state
-        teacher_state = _load_state(args.teacher)
+        teacher_state = C.user_state_dict(args.teacher, "--teacher", build(), args.trust_checkpoint)
         try:
             build().load_state_dict(teacher_state)
         except RuntimeError as exc:
@@ -124,7 +125,7 @@ def run_search(args, data, recipe, teacher, target, out, stop, progress):
     ckpt = out / "search.pt"
     tas = TAS(teacher, data.example, target, tolerance=args.tolerance, seed=recipe.seed)
     epochs = args.search_epochs or recipe.epochs
-    state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
+    state = C.load_run_file(ckpt, "the TAS search checkpoint")
     if state is not None and state["epoch"] >= epochs:
         tas.load_state_dict(state["tas"])
         return tas, state["history"]

@@ -35,7 +35,9 @@ def add_parsers(sub) -> None:
                        formatter_class=fmt)
     _model_args(p)
     p.add_argument("--checkpoint", required=True, help="state_dict file of the regularized model (or a netmorph "
-                   "run's checkpoint.pt / final/model.pt)")
+                   "run's checkpoint.pt / final/model.pt, a Lightning .ckpt, .safetensors); read as plain data, never unpickled "
+                   "in full")
+    p.add_argument("--trust-checkpoint", action="store_true", help=C.TRUST_HELP)
     p.add_argument("--structure", default=None, help="structure JSON to prune to (default: the dead channels)")
     p.add_argument("--resource", default="flops", help="resource whose regularizer decides dead channels")
     p.add_argument("--out", required=True, help="directory for structure.json + model.pt")
@@ -70,26 +72,10 @@ def run_explain(args) -> int:
     return 0
 
 
-def _load_state(path: str) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise C.UsageError(f"--checkpoint {path} does not exist") from None
-    except Exception as exc:  # noqa: BLE001
-        raise C.UsageError(f"--checkpoint {path} is not a torch file ({type(exc).__name__}: {exc})") from None
-    if isinstance(state, dict) and "train" in state and isinstance(state.get("train"), dict):
-        state = state["train"]                                   # a netmorph run's checkpoint.pt
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise C.UsageError(f"--checkpoint {path} holds no state_dict")
-    return state
-
-
 def run_prune(args) -> int:
     resource, hardware = C.parse_resource(args.resource)
     model, example = _model_and_example(args)
-    state = _load_state(args.checkpoint)
+    state = C.user_state_dict(args.checkpoint, "--checkpoint", model, args.trust_checkpoint)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
