@@ -11,6 +11,9 @@ otherwise idle machine: the ratios are what to read, the milliseconds depend on 
 A second table asks whether MorphNet's latency cost (a roofline per op) would have predicted those
 ratios: the roofline is fitted to this CPU (peak GFLOP/s of a 64->64 3x3 conv, bandwidth of a 64 MB
 copy) and evaluated with ``netmorph.costs.count_cost(..., "latency", hardware)`` at batch 128.
+
+Every timed round is kept in ``benchmarks/results/cifar_latency.json`` (committed), so the tables can
+be recomputed and checked from the raw seconds.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ BUILD = {
     "morph_50%": _expanded,
     "morph_100%": _expanded,
     "morph_50%_r8": _expanded,
+    "peer_50%_s0": lambda r: netmorph.apply_structure(resnet20(), r["widths"], example_inputs=EXAMPLE),
     "tas_50%": lambda r: netmorph.apply_structure(resnet20(), Structure.from_dict(
         json.loads((CACHE / "tas_search.json").read_text())["structure"]), keep="first", example_inputs=EXAMPLE),
 }
@@ -57,12 +61,17 @@ def finished_arms() -> dict:
     return models
 
 
-def paired_times(models: dict, x: torch.Tensor, rounds: int, warmup: int = 3) -> tuple[dict, dict]:
-    """Median ms of each model, and the median over rounds of its time / the baseline's in that round."""
+RAW = CACHE.parent / "cifar_latency.json"
+
+
+def paired_times(models: dict, x: torch.Tensor, rounds: int, warmup: int = 3) -> tuple[dict, dict, dict]:
+    """Median ms of each model, the median over rounds of its time / the baseline's in that round,
+    and the raw seconds of every round."""
     times = interleaved_times(models, x, rounds, warmup)
     base = np.asarray(times["baseline"])
     return ({k: 1000 * float(np.median(v)) for k, v in times.items()},
-            {k: float(np.median(np.asarray(v) / base)) for k, v in times.items()})
+            {k: float(np.median(np.asarray(v) / base)) for k, v in times.items()},
+            {k: [float(t) for t in v] for k, v in times.items()})
 
 
 def fitted_roofline(repeats: int = 7) -> Hardware:
@@ -92,7 +101,8 @@ def main():
     models = finished_arms()
     torch.manual_seed(0)
     settings = [(threads, batch) for threads in (2, 1) for batch in (1, 128)]
-    found = {s: [] for s in settings}                      # per setting: (ms, ratio) of every pass
+    found = {s: [] for s in settings}                      # per setting: (ms, ratio, raw) of every pass
+    raw = []
     with torch.inference_mode():
         for p in range(args.passes):
             for threads, batch in settings:
@@ -100,14 +110,15 @@ def main():
                 x = torch.randn(batch, 3, 32, 32)
                 found[threads, batch].append(paired_times(models, x, args.repeats * (10 if batch == 1 else 1)))
                 ms = found[threads, batch][-1][0]
+                raw.append({"pass": p + 1, "threads": threads, "batch": batch, "seconds": found[threads, batch][-1][2]})
                 print(f"pass {p + 1} threads {threads} batch {batch}: " +
                       ", ".join(f"{a} {v:.2f} ms" for a, v in ms.items()), flush=True)
     cells = {arm: [] for arm in models}
     median_ratio = {}                                      # (setting, arm) -> median over the passes
     for s in settings:
         for arm in models:
-            ms = float(np.median([m[arm] for m, _ in found[s]]))
-            ratios = sorted(r[arm] for _, r in found[s])
+            ms = float(np.median([m[arm] for m, _, _ in found[s]]))
+            ratios = sorted(r[arm] for _, r, _ in found[s])
             median_ratio[s, arm] = float(np.median(ratios))
             spread = f", {ratios[0]:.0%}-{ratios[-1]:.0%}" if arm != "baseline" and len(ratios) > 1 else ""
             cells[arm].append(f"{ms:.2f} ms ({median_ratio[s, arm]:.0%}{spread})")
@@ -115,6 +126,8 @@ def main():
     hw = fitted_roofline()
     batch = torch.zeros(128, 3, 32, 32)
     predicted = {arm: count_cost(m, batch, "latency", hw) for arm, m in models.items()}
+    RAW.write_text(json.dumps({"arms": list(models), "rounds": raw, "roofline": {
+        "gflops": hw.peak_gflops, "gbs": hw.bandwidth_gbs, "predicted_seconds_b128": predicted}}, indent=1) + "\n")
     roof = [f"Roofline fitted to this CPU (2 threads): {hw.peak_gflops:.0f} GFLOP/s, {hw.bandwidth_gbs:.1f} GB/s; "
             f"it predicts {predicted['baseline'] / 1e6:.1f} ms for the baseline at batch 128.", "",
             "| arm | FLOPs vs baseline | roofline-predicted time vs baseline | measured (2 threads, batch 128) |",

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -39,7 +40,7 @@ def train_arm(name: str, model: torch.nn.Module, data, recipe: Recipe, reg=None,
     gen = torch.Generator().manual_seed(recipe.seed)
     start, history = 0, []
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
@@ -55,12 +56,74 @@ def train_arm(name: str, model: torch.nn.Module, data, recipe: Recipe, reg=None,
                    checkpoint=checkpoint, start_epoch=start, opt=opt, generator=gen, **fit_kwargs)
     return {"test_acc": evaluate(model, *data[2]), "val_acc": history[-1]["val_acc"],
             "flops": netmorph.count_flops(model, EXAMPLE), "params": netmorph.count_params(model),
-            "train_minutes": (time.time() - t) / 60, "history": history}
+            # every epoch's own time, so an arm resumed across processes counts all of its epochs
+            "train_minutes": sum(h.get("seconds", 0) for h in history) / 60,
+            "process_minutes": (time.time() - t) / 60, "history": history}
 
 
 def arm_baseline(data, recipe):
     torch.manual_seed(recipe.seed)
     return train_arm("baseline", resnet20(), data, recipe)
+
+
+def baseline_name(seed: int) -> str:
+    """Seed 0's baseline is the table's ``baseline``; the paired seeds have their own."""
+    return "baseline" if seed == 0 else f"baseline_s{seed}"
+
+
+def arm_seeded_baseline(seed: int):
+    """The baseline with another seed (its init and data order): the start of that seed's pair."""
+    def run(data, recipe):
+        recipe = replace(recipe, seed=seed)
+        torch.manual_seed(seed)
+        out = train_arm(baseline_name(seed), resnet20(), data, recipe)
+        out["ledger"] = {"baseline": recipe.epochs, "total": recipe.epochs}
+        return out
+    return run
+
+
+def trained_baseline(seed: int) -> torch.nn.Module:
+    """The finished baseline of ``seed`` (its last checkpoint holds the final weights)."""
+    name = baseline_name(seed)
+    if not (CACHE / f"{name}.json").exists():
+        raise SystemExit(f"run the arm {name} first (python benchmarks/cifar_morphnet.py --arms {name})")
+    model = resnet20()
+    model.load_state_dict(torch.load(CACHE / f"{name}.pt", weights_only=True)["model"])
+    return model
+
+
+def magnitude_prune_peer(model: torch.nn.Module, target: float) -> torch.nn.Module:
+    """Torch-Pruning's documented magnitude pruner (L2 norm, global ranking, the classifier kept), its
+    pruning ratio bisected so the network lands at ``target`` of the FLOPs (at or just below)."""
+    import copy
+
+    import torch_pruning as tp
+    full = netmorph.count_flops(model, EXAMPLE)
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(16):
+        ratio = (lo + hi) / 2
+        cand = copy.deepcopy(model)
+        tp.pruner.MagnitudePruner(cand, EXAMPLE, importance=tp.importance.MagnitudeImportance(p=2),
+                                  global_pruning=True, pruning_ratio=ratio, ignored_layers=[cand.fc]).step()
+        if netmorph.count_flops(cand, EXAMPLE) > target * full:
+            lo = ratio
+        else:
+            hi, best = ratio, cand
+    return best
+
+
+def arm_peer(seed: int, budget: float = 0.5):
+    """The tool a user would pick instead: magnitude pruning of the trained baseline (Torch-Pruning),
+    then fine-tuning with the same recipe. Epochs: the baseline's + the fine-tune's."""
+    def run(data, recipe):
+        recipe = replace(recipe, seed=seed)
+        small = magnitude_prune_peer(trained_baseline(seed), budget)
+        torch.manual_seed(seed)
+        out = train_arm(f"peer_{budget:.0%}_s{seed}", small, data, recipe)
+        out["ledger"] = {"baseline": recipe.epochs, "fine-tune": recipe.epochs, "total": 2 * recipe.epochs}
+        out["widths"] = {n: m.out_channels for n, m in small.named_modules() if isinstance(m, torch.nn.Conv2d)}
+        return out
+    return run
 
 
 def arm_uniform(data, recipe):
@@ -78,7 +141,7 @@ def arm_morph_regularize(data, recipe):
     model = resnet20()
     full = netmorph.count_flops(model, EXAMPLE)
     ckpt = CACHE / "morph_regularize.pt"
-    state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
+    state = torch.load(ckpt, weights_only=True) if ckpt.exists() else None
     t = time.time()
     learned, cost, info = regularize(model, data[0], data[1], EXAMPLE, SHRINK * full, recipe, "flops",
                                      log=lambda s: print(f"[morph_regularize] {s}", flush=True), state=state,
@@ -104,7 +167,9 @@ def arm_morph(budget: float, round_to: int = 1):
 
 
 ARMS = {"baseline": arm_baseline, "uniform_0.7": arm_uniform, "morph_regularize": arm_morph_regularize,
-        "morph_50%": arm_morph(0.5), "morph_100%": arm_morph(1.0), "morph_50%_r8": arm_morph(0.5, round_to=8)}
+        "morph_50%": arm_morph(0.5), "morph_100%": arm_morph(1.0), "morph_50%_r8": arm_morph(0.5, round_to=8),
+        **{f"baseline_s{s}": arm_seeded_baseline(s) for s in (1, 2)},
+        **{f"peer_50%_s{s}": arm_peer(s) for s in (0, 1, 2)}}
 
 
 def main():
@@ -174,7 +239,7 @@ def write_table(epochs: int) -> None:
             done = ""
             ckpt = CACHE / f"{arm}.pt"
             if ckpt.exists():
-                state = torch.load(ckpt, weights_only=False)
+                state = torch.load(ckpt, weights_only=True)
                 done = f" ({state.get('epoch', 0)} epochs done, resumable)"
             rows.append(f"| {arm} | {NOTES[arm]} | pending{done} | | | | |")
     write_section("cifar_morphnet", "MorphNet and TAS on CIFAR-10 (benchmarks/cifar_morphnet.py, cifar_tas.py)",

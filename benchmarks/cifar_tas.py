@@ -37,7 +37,7 @@ def teacher() -> torch.nn.Module:
     if not (CACHE / "baseline.json").exists():
         raise SystemExit("the teacher is the baseline arm: run python benchmarks/cifar_morphnet.py --arms baseline")
     model = resnet20()
-    model.load_state_dict(torch.load(ckpt, weights_only=False)["model"])
+    model.load_state_dict(torch.load(ckpt, weights_only=True)["model"])
     return model.eval()
 
 
@@ -49,7 +49,7 @@ def arm_search(data, recipe):
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(recipe.seed))
     half = len(x) // 2
     ckpt = CACHE / "tas_search.pt"
-    state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
+    state = torch.load(ckpt, weights_only=True) if ckpt.exists() else None
     t = time.time()
     history = search(tas, (x[perm[:half]], y[perm[:half]]), (x[perm[half:]], y[perm[half:]]), SEARCH_EPOCHS,
                      batch_size=recipe.batch_size, w_lr=recipe.lr, seed=recipe.seed, state=state,
