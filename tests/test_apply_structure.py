@@ -115,7 +115,9 @@ def test_fresh_init_reinitializes_every_parameter():
     model, x = resnet20(), torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         model.bn1.weight.fill_(0.3)
-    fresh = netmorph.apply_structure(model, {"layer1.0.conv1": 8}, init="fresh", example_inputs=x)
+    # the laws come from a freshly built reference; the model's own (trained) values do not leak in
+    fresh = netmorph.apply_structure(model, {"layer1.0.conv1": 8}, init="fresh", example_inputs=x,
+                                     init_reference=resnet20())
     assert torch.equal(fresh.bn1.weight, torch.ones(16))
     assert not torch.equal(fresh.conv1.weight, model.conv1.weight)
     assert fresh.layer1[0].conv1.out_channels == 8

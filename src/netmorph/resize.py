@@ -19,6 +19,7 @@ from torch import nn
 
 from .graph import ChannelGraph, build_graph
 from .graph.removed import ConstantOutput, Vanished
+from .init import matched_init
 from .regularizers import out_rows
 from .structure import Structure
 
@@ -90,18 +91,24 @@ def importance(model: nn.Module, graph: ChannelGraph) -> np.ndarray:
     return value
 
 
-def apply_structure(model: nn.Module, structure, init: str = "keep", keep: str = "importance",
-                    example_inputs=None) -> nn.Module:
+def apply_structure(model: nn.Module, structure, init="keep", keep: str = "importance",
+                    example_inputs=None, init_reference: nn.Module | None = None) -> nn.Module:
     """A copy of ``model`` with the widths of ``structure`` (a Structure or a mapping layer -> width).
 
     Layers not named keep their width; tied layers must agree; a width of 0 removes a removable
     branch, and with it the layers that only fed it (a bottleneck's first 1x1 conv). Narrowing
-    keeps the most important channels (``keep="importance"``: |gamma| or weight norm) or the first ones (``keep="first"``); widening adds channels initialized the way the layer
-    type normally is. ``init="fresh"`` re-initializes every parameter (for training from scratch).
+    keeps the most important channels (``keep="importance"``: |gamma| or weight norm) or the first
+    ones (``keep="first"``); widening adds channels initialized the way the layer type normally is.
+
+    ``init``: ``"keep"`` (the kept channels keep their weights), ``"fresh"`` (every parameter
+    drawn anew, for training from scratch, the way the model initializes itself: the laws are read
+    off ``init_reference``, default ``model``, which must then be freshly built, and replayed at the
+    new fans; see :func:`netmorph.init.matched_init`), or a function ``init(new_model)`` that
+    initializes the resized network the user's way (e.g. ``lambda m: m.apply(my_init)``).
     ``example_inputs`` defaults to zeros of the shapes the structure recorded.
     """
-    if init not in ("keep", "fresh"):
-        raise ValueError(f"init must be 'keep' or 'fresh', got {init!r}")
+    if not (init in ("keep", "fresh") or callable(init)):
+        raise ValueError(f"init must be 'keep', 'fresh' or a function of the new model, got {init!r}")
     if keep not in ("importance", "first"):
         raise ValueError(f"keep must be 'importance' or 'first', got {keep!r}")
     if not isinstance(structure, Mapping):
@@ -119,10 +126,10 @@ def apply_structure(model: nn.Module, structure, init: str = "keep", keep: str =
             chans = chans[np.sort(np.argsort(-values[chans], kind="stable")[:target])]
         orders[gid] = list(chans[:target]) + [None] * max(0, target - len(chans))
     new = resize(model, graph, orders, example)
-    if init == "fresh":
-        for m in new.modules():
-            if hasattr(m, "reset_parameters") and m is not new:
-                m.reset_parameters()
+    if callable(init):
+        init(new)
+    elif init == "fresh":
+        matched_init(new, init_reference if init_reference is not None else model)
     return new
 
 
