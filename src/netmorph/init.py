@@ -121,16 +121,17 @@ def _fit(items) -> Law:
 
 
 @torch.no_grad()
-def matched_init(new: nn.Module, reference: nn.Module, laws: dict | None = None) -> nn.Module:
+def matched_init(new: nn.Module, reference: nn.Module, laws: dict | None = None, only=None) -> nn.Module:
     """Re-initialize every parameter of ``new`` with the law of its counterpart in ``reference`` (a
     freshly built model of the same architecture, at any widths), drawn at ``new``'s shapes; reset
     every norm's running statistics. Parameters with no counterpart keep their constructor's init.
-    Uses the global torch RNG (seed it for reproducible weights). Returns ``new``."""
+    ``only``: the names of the modules to initialize (default: all). Uses the global torch RNG (seed
+    it for reproducible weights). Returns ``new``."""
     laws = fitted_laws(reference) if laws is None else laws
     ref_params = dict(reference.named_parameters())
     for name, p in new.named_parameters():
         ref = ref_params.get(name)
-        if ref is None:
+        if ref is None or (only is not None and name.rpartition(".")[0] not in only):
             continue
         owner, leaf = _owner_and_leaf(new, name)
         const = _constant(ref)                  # a single element counts as a constant: its value is kept
@@ -140,7 +141,7 @@ def matched_init(new: nn.Module, reference: nn.Module, laws: dict | None = None)
         law = laws.get((type(_owner_and_leaf(reference, name)[0]), leaf))
         if law is not None:
             p.copy_(law.draw(p, _fans(owner, leaf, p)))
-    for m in new.modules():
-        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+    for name, m in new.named_modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats and (only is None or name in only):
             m.reset_running_stats()
     return new

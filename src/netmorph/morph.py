@@ -13,6 +13,7 @@ the strength grows by ``step``, below it shrinks by ``step``. No strength is ask
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -183,12 +184,15 @@ def regularize(model, train, val, example_inputs, target: float, recipe: Recipe,
     return structure, cost, info
 
 
-def replay(model: nn.Module, rounds: list, example_inputs, seed: int) -> nn.Module:
-    """The network after ``rounds`` (finished :class:`Round` s) starting from ``model``: each round's
-    expanded structure, freshly initialized with the seed :func:`morph` uses for it."""
+def replay(model: nn.Module, rounds: list, example_inputs, seed: int, reference: nn.Module | None = None) -> nn.Module:
+    """The network after ``rounds`` (finished :class:`Round` s) starting from ``model`` (freshly built,
+    or ``reference`` is): each round's expanded structure, freshly initialized the model's way with
+    the seed :func:`morph` uses for it."""
+    reference = reference if reference is not None else copy.deepcopy(model)
     for r, done in enumerate(rounds):
         torch.manual_seed(seed + r + 1)
-        model = apply_structure(model, done.expanded, init="fresh", example_inputs=example_inputs)
+        model = apply_structure(model, done.expanded, init="fresh", example_inputs=example_inputs,
+                                init_reference=reference)
     return model
 
 
@@ -223,13 +227,14 @@ def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budg
 
     torch.manual_seed(recipe.seed)
     model = build_model()
+    reference = copy.deepcopy(model)              # the model's own initialization, for fresh weights
     graph_cost = lambda m: count_cost(m, example_inputs, resource, hardware)  # noqa: E731
     original = graph_cost(model)
     budget_abs = absolute(budget, original, "budget")
     history = [Round.from_dict(d) for d in state["rounds"]]
     for done, weights in zip(history, state["learned_models"]):
         done.state = weights
-    model = replay(model, history, example_inputs, recipe.seed)
+    model = replay(model, history, example_inputs, recipe.seed, reference)
     for r in range(len(history), rounds):
         current = graph_cost(model)
         target = absolute(shrink, current, "shrink")
@@ -256,7 +261,7 @@ def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budg
         log(f"round {r + 1}: learned {resource} {learned_cost:,.0f}, expanded by omega {structure.omega:.3f} "
             f"to {structure.cost:,.0f} (budget {budget_abs:,.0f})")
         torch.manual_seed(recipe.seed + r + 1)
-        model = apply_structure(model, structure, init="fresh", example_inputs=example_inputs)
+        model = apply_structure(model, structure, init="fresh", example_inputs=example_inputs, init_reference=reference)
     log(f"training the final structure from scratch for {final_recipe.epochs} epochs")
     if on_stage:
         on_stage("final training", final_recipe.epochs)

@@ -100,7 +100,8 @@ def apply_structure(model: nn.Module, structure, init="keep", keep: str = "impor
     keeps the most important channels (``keep="importance"``: |gamma| or weight norm) or the first
     ones (``keep="first"``); widening adds channels initialized the way the layer type normally is.
 
-    ``init``: ``"keep"`` (the kept channels keep their weights), ``"fresh"`` (every parameter
+    ``init``: ``"keep"`` (the kept channels keep their weights; new channels are drawn the model's way
+    when ``init_reference`` is given, else the way the layer type's constructor draws them), ``"fresh"`` (every parameter
     drawn anew, for training from scratch, the way the model initializes itself: the laws are read
     off ``init_reference``, default ``model``, which must then be freshly built, and replayed at the
     new fans; see :func:`netmorph.init.matched_init`), or a function ``init(new_model)`` that
@@ -125,7 +126,10 @@ def apply_structure(model: nn.Module, structure, init="keep", keep: str = "impor
         if values is not None and target < len(chans):
             chans = chans[np.sort(np.argsort(-values[chans], kind="stable")[:target])]
         orders[gid] = list(chans[:target]) + [None] * max(0, target - len(chans))
-    new = resize(model, graph, orders, example)
+    if init == "keep" and init_reference is not None:     # new channels drawn the model's way
+        new = resize(model, graph, orders, example, lambda m, names: matched_init(m, init_reference, only=names))
+    else:
+        new = resize(model, graph, orders, example)
     if callable(init):
         init(new)
     elif init == "fresh":
@@ -133,8 +137,11 @@ def apply_structure(model: nn.Module, structure, init="keep", keep: str = "impor
     return new
 
 
-def resize(model: nn.Module, graph: ChannelGraph, orders: dict[int, list], example) -> nn.Module:
-    """Rebuild ``model`` so that group g holds ``orders[g]``: old channel ids, or None for new ones."""
+def resize(model: nn.Module, graph: ChannelGraph, orders: dict[int, list], example, init_new=None) -> nn.Module:
+    """Rebuild ``model`` so that group g holds ``orders[g]``: old channel ids, or None for new ones.
+
+    ``init_new(new_model, names)``, if given, initializes the rebuilt layers (``names``) before the
+    kept channels' weights are copied into them, so it decides only what the new channels hold."""
     new_width = {g: len(o) for g, o in orders.items()}
     for name, layer in graph.layers.items():
         g = int(graph.group_of[layer.out[0]])
@@ -143,6 +150,7 @@ def resize(model: nn.Module, graph: ChannelGraph, orders: dict[int, list], examp
             raise ValueError(f"cannot widen '{name}': its channels are interleaved across tied pieces (a chunk "
                              "or similar split reads them), and new channels would land in the wrong piece")
     new = copy.deepcopy(model)
+    rebuilt = set()
     with torch.no_grad():
         for name, layer in graph.layers.items():
             module = model.get_submodule(name)
@@ -159,11 +167,15 @@ def resize(model: nn.Module, graph: ChannelGraph, orders: dict[int, list], examp
                 if groups > 1:
                     groups = new_width[int(graph.group_of[layer.out[0]])]
                 _put(new, name, _fresh_layer(module, in_w, out_w, groups))
+                rebuilt.add(name)
         for name, cls in graph.norms.items():
             n = _width(graph, cls, new_width)
             module = model.get_submodule(name)
             if n != len(cls):
                 _put(new, name, _fresh_norm(module, n) if n else nn.Identity())
+                rebuilt.add(name)
+    if init_new is not None and rebuilt:
+        init_new(new, rebuilt)
     new_graph = build_graph(new, example)
     _copy_weights(model, graph, new, new_graph, orders)
     return new
