@@ -29,6 +29,7 @@ from .expand import expand
 from .resize import apply_structure
 from .safeload import load_torch
 from .structure import Structure
+from .surgery import prune
 from . import dist
 from .train import Interrupted, Recipe, evaluate as accuracy, fit, make_optimizer, one_cycle, train_epoch
 
@@ -184,27 +185,45 @@ def regularize(model, train, val, example_inputs, target: float, recipe: Recipe,
     return structure, cost, info
 
 
-def replay(model: nn.Module, rounds: list, example_inputs, seed: int, reference: nn.Module | None = None) -> nn.Module:
-    """The network after ``rounds`` (finished :class:`Round` s) starting from ``model`` (freshly built,
-    or ``reference`` is): each round's expanded structure, freshly initialized the model's way with
-    the seed :func:`morph` uses for it."""
+def next_network(model: nn.Module, done: Round, example_inputs, seed: int, reference: nn.Module, init: str,
+                 resource="flops", hardware=None) -> nn.Module:
+    """The network a finished round hands on: its expanded structure, either freshly initialized the
+    model's way (``init="fresh"``, the paper's way) or warm (``init="keep"``): the regularized weights
+    at the picked epoch, pruned exactly, widened with every alive weight kept and the new channels
+    (formerly silenced ones included) drawn the model's way."""
+    torch.manual_seed(seed)
+    if init == "fresh":
+        return apply_structure(model, done.expanded, init="fresh", example_inputs=example_inputs,
+                               init_reference=reference)
+    model.load_state_dict(done.state)
+    pruned = prune(model, make_regularizer(model, example_inputs, resource, hardware))
+    return apply_structure(pruned, done.expanded, init="keep", example_inputs=example_inputs,
+                           init_reference=reference)
+
+
+def replay(model: nn.Module, rounds: list, example_inputs, seed: int, reference: nn.Module | None = None,
+           init: str = "fresh", resource="flops", hardware=None) -> nn.Module:
+    """The network after ``rounds`` (finished :class:`Round` s, with ``.state`` for warm rounds)
+    starting from ``model`` (freshly built, or ``reference`` is), as :func:`morph` built it."""
     reference = reference if reference is not None else copy.deepcopy(model)
     for r, done in enumerate(rounds):
-        torch.manual_seed(seed + r + 1)
-        model = apply_structure(model, done.expanded, init="fresh", example_inputs=example_inputs,
-                                init_reference=reference)
+        model = next_network(model, done, example_inputs, seed + r + 1, reference, init, resource, hardware)
     return model
 
 
 def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budget="100%", shrink="50%",
           resource="flops", hardware=None, rounds: int = 1, recipe: Recipe | None = None,
           final_recipe: Recipe | None = None, round_to: int = 1, log: Callable = print,
-          checkpoint_path=None, on_batch=None, stop=None, on_stage=None) -> dict:
+          checkpoint_path=None, on_batch=None, stop=None, on_stage=None, init: str = "fresh",
+          start_state: dict | None = None) -> dict:
     """MorphNet's Algorithm 1 on the network ``build_model()`` returns.
 
     ``budget``: the final network's cost, a fraction of the original (``"100%"``, ``0.5``) or an
     absolute number; ``shrink``: how far the regularized network must shrink before expanding
-    (default 50% of the current cost). With ``checkpoint_path`` the whole loop saves its state
+    (default 50% of the current cost). ``init``: ``"fresh"`` trains each expanded structure from
+    the model's own initialization (the paper's way); ``"keep"`` starts the regularizer from
+    ``start_state`` (trained weights; else the fresh build), prunes the learned network exactly,
+    widens it keeping every alive weight, and fine-tunes that (``final_recipe``). With ``checkpoint_path`` the whole loop saves its state
     there after every epoch and continues from it when the file exists (same seed, same result).
     ``stop()`` (polled after every step) interrupts cleanly: the state is saved and
     :class:`~netmorph.train.Interrupted` propagates. ``on_stage(name, epochs)`` announces each
@@ -215,6 +234,10 @@ def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budg
     """
     recipe = recipe or Recipe()
     final_recipe = final_recipe or recipe
+    if init not in ("fresh", "keep"):
+        raise ValueError(f"init must be 'fresh' or 'keep', got {init!r}")
+    if start_state is not None and init != "keep":
+        raise ValueError("start_state (trained weights to start from) goes with init='keep'")
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     path = Path(checkpoint_path) if checkpoint_path else None
@@ -234,7 +257,9 @@ def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budg
     history = [Round.from_dict(d) for d in state["rounds"]]
     for done, weights in zip(history, state["learned_models"]):
         done.state = weights
-    model = replay(model, history, example_inputs, recipe.seed, reference)
+    if start_state is not None:
+        model.load_state_dict(start_state)
+    model = replay(model, history, example_inputs, recipe.seed, reference, init, resource, hardware)
     for r in range(len(history), rounds):
         current = graph_cost(model)
         target = absolute(shrink, current, "shrink")
@@ -260,9 +285,9 @@ def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budg
         save()
         log(f"round {r + 1}: learned {resource} {learned_cost:,.0f}, expanded by omega {structure.omega:.3f} "
             f"to {structure.cost:,.0f} (budget {budget_abs:,.0f})")
-        torch.manual_seed(recipe.seed + r + 1)
-        model = apply_structure(model, structure, init="fresh", example_inputs=example_inputs, init_reference=reference)
-    log(f"training the final structure from scratch for {final_recipe.epochs} epochs")
+        model = next_network(model, info, example_inputs, recipe.seed + r + 1, reference, init, resource, hardware)
+    log(f"training the final structure {'from scratch' if init == 'fresh' else 'on (fine-tuning)'} for "
+        f"{final_recipe.epochs} epochs")
     if on_stage:
         on_stage("final training", final_recipe.epochs)
     opt, gen = make_optimizer(model, final_recipe), torch.Generator().manual_seed(final_recipe.seed)

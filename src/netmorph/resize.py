@@ -72,6 +72,29 @@ def group_targets(graph: ChannelGraph, widths: Mapping[str, int]) -> dict[int, i
     return {**{g: t for g, (t, _) in targets.items()}, **{g: 0 for g in gone}}
 
 
+def _without_removed(model: nn.Module, graph: ChannelGraph, widths: Mapping[str, int]) -> dict[str, int]:
+    """``widths`` less the layers ``model`` no longer has because a branch was removed (``prune`` or a
+    width of 0 left a stand-in there): width 0 for them is what they already have; more is refused."""
+    out = {}
+    for name, width in widths.items():
+        if name not in graph.layers:
+            try:
+                module = model.get_submodule(name)
+            except AttributeError:
+                module = None
+            if isinstance(module, (Vanished, ConstantOutput)) or (module is not None and not _has_weight(module)):
+                if width == 0:
+                    continue
+                raise ValueError(f"'{name}' was removed from this model (its branch was pruned away), so it cannot "
+                                 f"get width {width}: give it width 0, or apply the structure to the unpruned model")
+        out[name] = width
+    return out
+
+
+def _has_weight(module: nn.Module) -> bool:
+    return isinstance(getattr(module, "weight", None), torch.Tensor)
+
+
 def importance(model: nn.Module, graph: ChannelGraph) -> np.ndarray:
     """Per channel: max over its members of |gamma| (BN-like) or, lacking any, the weight-row RMS."""
     value = np.zeros(graph.n_channels)
@@ -117,7 +140,7 @@ def apply_structure(model: nn.Module, structure, init="keep", keep: str = "impor
     widths = structure if isinstance(structure, Structure) else Structure(dict(structure))
     example = _example(structure, example_inputs)
     graph = build_graph(model, example)
-    targets = group_targets(graph, widths)
+    targets = group_targets(graph, _without_removed(model, graph, widths))
     values = importance(model, graph) if keep == "importance" else None
     orders = {}
     for gid, group in enumerate(graph.groups):

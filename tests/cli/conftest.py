@@ -1,6 +1,12 @@
+import os
+import select
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 NEEDS_DIGITS = "the command's built-in data set is scikit-learn's digits (pip install 'netmorph[cli]')"
@@ -11,6 +17,52 @@ def _importable_user_models(monkeypatch):
     """``--model tests.cli.usermodels:...`` resolves from the repository root, as a user's cwd would."""
     monkeypatch.chdir(ROOT)
     monkeypatch.syspath_prepend(str(ROOT))
+
+
+@pytest.fixture(scope="package", autouse=True)
+def _one_thread():
+    """One intra-op thread for the in-process runs, as the subprocess runs get (``OMP_NUM_THREADS=1``):
+    the tests that compare an in-process run with a resumed subprocess run need the same kernels, and
+    on a small shared machine one thread is also the faster for these tiny networks. Restored after
+    the last test of ``tests/cli``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def child_env(**extra) -> dict:
+    """The environment of a ``python -m netmorph`` child: this checkout's source, one thread, no .pyc writes."""
+    return dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1",
+                **extra)
+
+
+def start_interruptible(argv, stderr_path):
+    """``python -m netmorph *argv`` in a child process that reports its checkpoints on a pipe
+    (``NETMORPH_READY_FD``, see ``netmorph.cli.common.notify``); returns (process, read end)."""
+    r, w = os.pipe()
+    with open(stderr_path, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "netmorph", *map(str, argv)], cwd=ROOT, stderr=err,
+                                stdout=subprocess.DEVNULL, env=child_env(NETMORPH_READY_FD=str(w)), pass_fds=(w,))
+    os.close(w)                          # the child holds the only write end: EOF when it exits
+    return proc, r
+
+
+def wait_for_line(fd: int, prefix: str, timeout: float = 120) -> str:
+    """Block until the child writes a line starting with ``prefix`` on the pipe ``fd``; fail if it exits
+    (end of file) or ``timeout`` seconds pass first."""
+    deadline, buf = time.monotonic() + timeout, b""
+    while True:
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            if line.decode().startswith(prefix):
+                return line.decode()
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {prefix!r} line from the child within {timeout} s"
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 4096)
+            assert chunk, f"the child exited before writing a {prefix!r} line"
+            buf += chunk
 
 
 def run_cli(*argv):

@@ -59,3 +59,36 @@ def test_image_folder_is_split_80_10_10_per_class_and_runs_end_to_end(tmp_path):
     with pytest.raises(ValueError, match="at least 2 class"):
         (tmp_path / "one" / "only").mkdir(parents=True)
         load_data(f"folder:{tmp_path / 'one'}")
+
+
+def _split_folder(root, counts: dict, size=8):
+    """``root/<split>/{cats,dogs}/`` with ``counts[split]`` images per class; pixel (0, 0) of every image
+    holds a value from the split's own range (train < val < test), the rest is the class's grey."""
+    from PIL import Image
+    ranges = {"train": (0, 80), "val": (90, 140), "test": (160, 255)}
+    rng = np.random.default_rng(0)
+    for split, n in counts.items():
+        lo, hi = ranges[split]
+        for c, name in enumerate(("cats", "dogs")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                img = np.full((size, size, 3), 60 + 120 * c, dtype=np.uint8)
+                img[0, 0] = rng.integers(lo, hi + 1)
+                Image.fromarray(img).save(root / split / name / f"{i}.png")
+
+
+def test_image_folder_already_split_into_train_val_test_is_used_as_given(tmp_path):
+    pytest.importorskip("PIL", reason="folder data are read with Pillow")
+    _split_folder(tmp_path / "given", {"train": 7, "val": 3, "test": 4})
+    d = load_data(f"folder:{tmp_path / 'given'}", image_size=8)          # 8x8 images: no resampling
+    assert [len(p[0]) for p in (d.train, d.val, d.test)] == [14, 6, 8]
+    assert [p[1].tolist() for p in (d.train, d.val, d.test)] == [[0] * 7 + [1] * 7, [0] * 3 + [1] * 3, [0] * 4 + [1] * 4]
+    marks = [p[0][:, 0, 0, 0] for p in (d.train, d.val, d.test)]      # normalization keeps their order
+    assert marks[0].max() < marks[1].min() and marks[1].max() < marks[2].min()   # no image changed split
+    # without val/: the validation split comes out of train/ (10% per class), test/ stays as given
+    _split_folder(tmp_path / "no_val", {"train": 10, "test": 4})
+    d = load_data(f"folder:{tmp_path / 'no_val'}", image_size=8)
+    assert [len(p[0]) for p in (d.train, d.val, d.test)] == [18, 2, 8]
+    train_marks, val_marks, test_marks = (p[0][:, 0, 0, 0] for p in (d.train, d.val, d.test))
+    assert torch.cat([train_marks, val_marks]).max() < test_marks.min()
+    assert sorted(d.val[1].tolist()) == [0, 1]

@@ -1,5 +1,55 @@
-"""The run report's warning when the saved resource did not turn into saved CPU time."""
-from netmorph.cli.report import speed_note
+"""The run report: measured latency (interleaved timing) and the warning when the saved resource did
+not turn into saved CPU time."""
+import numpy as np
+import torch
+from torch import nn
+
+from netmorph.cli.report import interleaved_times, measure_latency, speed_note
+
+
+class Recorder(nn.Module):
+    """``inner``, appending ``name`` to ``calls`` at every forward."""
+
+    def __init__(self, name, inner, calls):
+        super().__init__()
+        self.name, self.inner, self.calls = name, inner, calls
+
+    def forward(self, x):
+        self.calls.append((self.name, self.training))
+        return self.inner(x)
+
+
+class Twice(nn.Module):
+    """The same layers applied twice: exactly twice the work."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(self.inner(x))
+
+
+def test_interleaved_times_runs_every_model_once_per_round_in_eval_mode():
+    calls = []
+    models = {n: Recorder(n, nn.Identity(), calls).train() for n in ("a", "b", "c")}
+    times = interleaved_times(models, torch.zeros(1), repeats=4, warmup=2)
+    assert [name for name, _ in calls] == ["a", "b", "c"] * 6          # 2 warm-up rounds + 4 timed ones
+    assert not any(training for _, training in calls)
+    assert {k: len(v) for k, v in times.items()} == {"a": 4, "b": 4, "c": 4}
+
+
+def test_twice_the_work_measures_about_twice_the_time():
+    torch.manual_seed(0)
+    layer = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.ReLU())       # ~2-5 ms per call here
+    x = torch.randn(8, 32, 32, 32)
+    times = interleaved_times({"once": layer, "twice": Twice(layer)}, x, repeats=30)
+    once, twice = np.array(times["once"]), np.array(times["twice"])
+    # the fast end of each series is the work itself; a busy machine only adds time on top
+    ratio = np.percentile(twice, 10) / np.percentile(once, 10)
+    assert 1.4 < ratio < 3, ratio
+    ms = measure_latency({"once": layer, "twice": Twice(layer)}, x, repeats=30)     # what metrics.json reports
+    assert ms["twice"] > 1.3 * ms["once"], ms
 
 
 def rows(flops, ms, size=None):

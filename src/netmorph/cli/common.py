@@ -248,13 +248,41 @@ def log_to(path: Path) -> None:
     _LOG.append(path)
 
 
+READY_FD = "NETMORPH_READY_FD"
+
+
+def notify(event: str) -> None:
+    """Write the line ``event`` to the file descriptor named by the environment variable
+    ``NETMORPH_READY_FD`` (rank 0 only; nothing when it is unset, and nothing if the reader is gone).
+
+    For a process that supervises a run (a test, a job scheduler), so it can wait for a moment of the
+    run instead of polling files: it passes the write end of a pipe, e.g. ``subprocess.Popen(...,
+    pass_fds=[w], env={..., "NETMORPH_READY_FD": str(w)})``, and reads lines from the other end. The
+    one event is ``checkpoint STAGE`` (see :class:`Progress`): an epoch of the training stage STAGE
+    has ended, its checkpoint is on disk and training goes on under the Ctrl-C handler, so a SIGINT
+    sent from now on stops at the next step, saves and exits with code 130.
+    """
+    fd = os.environ.get(READY_FD)
+    if not fd or not dist.is_main():
+        return
+    try:
+        os.write(int(fd), f"{event}\n".encode())
+    except (OSError, ValueError):
+        pass
+
+
 class Progress:
     """A progress bar per training stage when ``rich`` is installed and stderr is a terminal;
-    in any case one line per epoch (loss, validation accuracy, alive cost) in the log."""
+    in any case one line per epoch (loss, validation accuracy, alive cost) in the log.
+
+    Every stage saves a checkpoint at the end of each epoch, before the next epoch's first step, so
+    the first step of every epoch after a stage's first one calls :func:`notify` with
+    ``checkpoint STAGE``."""
 
     def __init__(self):
         self.bar = None
         self.task = None
+        self.stage_name = None
         self.stage_steps = 0
         if sys.stderr.isatty() and dist.is_main():
             try:
@@ -276,9 +304,13 @@ class Progress:
 
     def stage(self, name: str, epochs: int, steps_per_epoch: int) -> None:
         say(f"== {name} ({epochs} epochs)")
+        self.stage_name, self.stage_steps = name, 0
         if self.bar is not None:
             self.task = self.bar.add_task(name, total=epochs * steps_per_epoch, loss="-")
 
     def step(self, i: int, n: int, loss: float) -> None:
+        if i == 0 and self.stage_steps:          # a later epoch began: the one before is checkpointed
+            notify(f"checkpoint {self.stage_name}")
+        self.stage_steps += 1
         if self.bar is not None and self.task is not None:
             self.bar.update(self.task, advance=1, loss=f"{loss:.3f}")
