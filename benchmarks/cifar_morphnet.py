@@ -22,7 +22,7 @@ import torch
 import netmorph
 from netmorph.data import load_cifar10
 from netmorph.models import resnet20
-from netmorph.morph import regularize, save_atomic
+from netmorph.morph import morph, regularize, save_atomic
 from netmorph.structure import Structure
 from netmorph.train import Recipe, evaluate, fit, make_optimizer
 from report import DOC, write_section
@@ -166,10 +166,37 @@ def arm_morph(budget: float, round_to: int = 1):
     return run
 
 
+def arm_morph_warm(seed: int, budget: float = 0.5, shrink: float = 0.45, reg_epochs: int = 5):
+    """MorphNet warm start: the trained baseline of ``seed`` regularized for ``reg_epochs`` (constant
+    learning rate) down to ``shrink`` of its FLOPs, pruned exactly, widened to ``budget`` keeping every
+    alive weight, fine-tuned for the rest of the baseline's epoch count (same total as the peer)."""
+    def run(data, recipe):
+        name = f"morph_warm_{budget:.0%}_s{seed}"
+        recipe = replace(recipe, seed=seed)
+        start = trained_baseline(seed).state_dict()
+        t = time.time()
+        out = morph(resnet20, data[0], data[1], EXAMPLE, budget=budget, shrink=shrink,
+                    recipe=replace(recipe, epochs=reg_epochs), final_recipe=replace(recipe, epochs=recipe.epochs - reg_epochs),
+                    init="keep", start_state=start, checkpoint_path=CACHE / f"{name}.pt",
+                    log=lambda s: print(f"[{name}] {s}", flush=True))
+        model, info = out["model"], out["rounds"][0]
+        return {"test_acc": evaluate(model, *data[2]), "val_acc": out["final_history"][-1]["val_acc"],
+                "flops": netmorph.count_flops(model, EXAMPLE), "params": netmorph.count_params(model),
+                "train_minutes": sum(h.get("seconds", 0) for h in out["final_history"]) / 60,
+                "process_minutes": (time.time() - t) / 60, "history": out["final_history"],
+                "learned": info.learned.to_dict(), "learned_flops": info.learned_cost, "costs": info.cost_history,
+                "reg_val": info.val_history, "reached_target": info.reached_target,
+                "structure": out["structure"].to_dict(), "omega": out["structure"].omega,
+                "ledger": {"baseline": recipe.epochs, "regularized": reg_epochs,
+                           "fine-tune": recipe.epochs - reg_epochs, "total": 2 * recipe.epochs}}
+    return run
+
+
 ARMS = {"baseline": arm_baseline, "uniform_0.7": arm_uniform, "morph_regularize": arm_morph_regularize,
         "morph_50%": arm_morph(0.5), "morph_100%": arm_morph(1.0), "morph_50%_r8": arm_morph(0.5, round_to=8),
         **{f"baseline_s{s}": arm_seeded_baseline(s) for s in (1, 2)},
-        **{f"peer_50%_s{s}": arm_peer(s) for s in (0, 1, 2)}}
+        **{f"peer_50%_s{s}": arm_peer(s) for s in (0, 1, 2)},
+        **{f"morph_warm_50%_s{s}": arm_morph_warm(s) for s in (0, 1, 2)}}
 
 
 def main():

@@ -58,6 +58,13 @@ def test_warm_round_keeps_every_alive_weight_and_draws_new_channels_the_models_w
     fresh_rows = new[alive:]                                    # new ones: Kaiming fan-out like tiny_cnn's own
     fan_out = new.shape[0] * new.shape[2] * new.shape[3]
     assert abs(fresh_rows.std().item() / (2 / fan_out) ** 0.5 - 1) < 0.35
+    # ... and read by nothing yet: the widened network computes exactly what the pruned one does
+    nxt = warm.features[1][0].weight
+    assert torch.all(nxt[:, alive:] == 0) and nxt[:, :alive].abs().sum() > 0
+    pruned = netmorph.prune(model, reg)
+    warm.eval(), pruned.eval()
+    with torch.no_grad():
+        assert torch.allclose(warm(train[0][:64]), pruned(train[0][:64]), atol=1e-5)
 
 
 def test_warm_start_morph_starts_from_the_trained_weights_and_lands_at_the_budget():

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,7 +32,7 @@ from .safeload import load_torch
 from .structure import Structure
 from .surgery import prune
 from . import dist
-from .train import Interrupted, Recipe, evaluate as accuracy, fit, make_optimizer, one_cycle, train_epoch
+from .train import Interrupted, Recipe, evaluate as accuracy, fit, learning_rate, make_optimizer, train_epoch
 
 FAMILY = {("gamma", "flops"): R.GammaFlopsRegularizer, ("gamma", "size"): R.GammaModelSizeRegularizer,
           ("gamma", "latency"): R.GammaLatencyRegularizer, ("weight", "flops"): R.GroupLassoFlopsRegularizer,
@@ -101,12 +102,19 @@ def save_atomic(obj, path) -> None:
     os.replace(tmp, path)
 
 
+#: the shrink target's band: the controller steers the alive cost into it and the pick reads from it
+BAND = (0.98, 1.02)
+
+
+def in_band(cost: float, target: float) -> bool:
+    return BAND[0] * target <= cost <= BAND[1] * target
+
+
 def initial_strength(reg, recipe: Recipe, n_train: int, target: float, approach: float) -> float:
     """A first strength (in units of 1 / cost) at which the proximal steps of the first ``approach``
     of training would pull an average channel's value down by ``1 - target/cost`` of itself."""
     steps = math.ceil(n_train / recipe.batch_size)
-    lr_sum = sum(one_cycle(t, steps * recipe.epochs, recipe.lr, recipe.warmup)
-                 for t in range(int(approach * steps * recipe.epochs)))
+    lr_sum = sum(learning_rate(t, steps * recipe.epochs, recipe) for t in range(int(approach * steps * recipe.epochs)))
     with torch.no_grad():
         values = reg.channel_values().detach().cpu().double().numpy()[reg.regularized]
     weights = reg.channel_weights(reg.alive())[reg.regularized]
@@ -116,17 +124,50 @@ def initial_strength(reg, recipe: Recipe, n_train: int, target: float, approach:
     return float(cost * values.mean() / (lr_sum * weights.mean()) * (1 - target / cost))
 
 
+def revive(reg, target: float, death: np.ndarray, last_value: np.ndarray) -> list[int]:
+    """Below the band, bring channels back until the alive cost is in it again: the channels that
+    died last first (latest epoch of death, then the largest value they had while alive), each at
+    ten times the threshold, skipping any whose return would overshoot the band. Returns them."""
+    dead = np.flatnonzero(reg.regularized & ~reg.alive() & (death >= 0))
+    order = dead[np.lexsort((-last_value[dead], -death[dead]))]
+    value = max(10 * reg.threshold, 1e-2)
+    back = []
+    for c in order.tolist():
+        if reg.cost() >= BAND[0] * target:
+            break
+        reg.revive_channels([c], value)
+        if reg.cost() > BAND[1] * target:
+            reg.zero_channels([c])
+        else:
+            back.append(c)
+    return back
+
+
 def regularize(model, train, val, example_inputs, target: float, recipe: Recipe, resource="flops",
                hardware=None, strength: float | None = None, approach: float = 0.6, step: float = 1.5,
                log: Callable = print, on_batch=None, stop=None, state: dict | None = None,
-               checkpoint: Callable | None = None) -> tuple[Structure, float, Round]:
-    """Train ``model`` with the regularizer, steering the alive cost down to ``target``; return the
-    structure chosen on the validation split, its cost, and the history.
+               checkpoint: Callable | None = None, schedule: str = "constant") -> tuple[Structure, float, Round]:
+    """Train ``model`` with the regularizer, steering the alive cost into ``[0.98, 1.02] * target``;
+    return the structure chosen on the validation split, its cost, and the history.
+
+    The controller: the learning rate is held at its peak after the warm-up (``schedule``; MorphNet's
+    advice: a decaying rate would take the proximal pull with it). After every epoch the strength is
+    multiplied by ``step`` (``step**2`` while no channel has died) if the alive cost is behind a path
+    falling from the start to the target over the first ``approach`` of the steps, divided by it if
+    ahead, and left alone on the path or inside the band. The pull acts only while the alive cost is
+    above both the path and the band (checked before every step), and a step that would take it
+    more than 4% below the path or below the band is shortened, so the network cannot shrink much
+    faster than the path, nor below the band, whatever the strength. A channel dies when its value falls to the
+    threshold, and is silenced (its gamma and beta, or weights and bias, zeroed) at once, which keeps
+    pruning exact; behind a ReLU a silenced channel gets no gradient and cannot come back by
+    itself, so when an epoch ends below the band, :func:`revive` brings the last to die back. The
+    pick: the epoch in the band with the best validation accuracy, else the one closest to it.
 
     ``checkpoint(state)`` receives everything needed to continue (after every epoch, and when
     ``stop()`` interrupts training, before :class:`~netmorph.train.Interrupted` propagates);
     passing that ``state`` back resumes, with the same result as an uninterrupted run.
     """
+    recipe = dataclasses.replace(recipe, schedule=schedule)
     reg = make_regularizer(model, example_inputs, resource, hardware)
     opt = make_optimizer(model, recipe, reg.source_parameters())
     gen = torch.Generator().manual_seed(recipe.seed)
@@ -134,8 +175,10 @@ def regularize(model, train, val, example_inputs, target: float, recipe: Recipe,
         initial = reg.cost()
         if strength is None:
             strength = initial_strength(reg, recipe, len(train[0]), target, approach)
+        n = reg.graph.n_channels
         state = {"epoch": 0, "initial": initial, "strength": strength, "strengths": [], "costs": [], "vals": [],
-                 "best": None, "position": None}
+                 "best": None, "position": None, "revived": [],
+                 "death": [-1] * n, "last_value": reg.channel_values().detach().cpu().double().tolist()}
     else:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
@@ -148,38 +191,63 @@ def regularize(model, train, val, example_inputs, target: float, recipe: Recipe,
             checkpoint({**state, "model": model.state_dict(), "opt": opt.state_dict(), "generator": gen.get_state(),
                         "position": position})
 
+    steps = math.ceil(len(train[0]) / recipe.batch_size)
+    approach_steps = max(1.0, approach * recipe.epochs * steps)
+
+    def path(step: float) -> float:
+        """The cost the network may have shrunk to by ``step``: a line from the start to the target."""
+        return max(target, initial - (initial - target) * step / approach_steps)
+
     stepper = dist.wrap(model)
     for epoch in range(state["epoch"], recipe.epochs):
         strength = state["strength"]
         try:
             train_epoch(stepper, opt, *train, recipe, epoch, gen, reg, strength / initial, on_batch,
-                        position=state["position"], stop=stop)
+                        position=state["position"], stop=stop,
+                        pull_above=lambda s: (max(BAND[1] * target, path(s + 1)),
+                                              max(BAND[0] * target, 0.96 * path(s + 1))))
         except Interrupted as exc:
             save(exc.position)
             raise
         state["position"] = None
+        death, last_value = np.asarray(state["death"]), np.asarray(state["last_value"])
+        alive = reg.alive()
+        values = reg.channel_values().detach().cpu().double().numpy()
+        death[alive] = -1
+        death[~alive & reg.regularized & (death < 0)] = epoch
+        last_value[alive] = values[alive]
+        back = revive(reg, target, death, last_value) if reg.cost() < BAND[0] * target else []
+        death[back] = -1
+        state["death"], state["last_value"] = death.tolist(), last_value.tolist()
+        state["revived"].append(len(back))
         cost, val_acc = reg.cost(), dist.mean(accuracy(model, *val))
         state["strengths"].append(strength)
         state["costs"].append(cost)
         state["vals"].append(val_acc)
-        # the pick: among epochs at or under the target, the best validation accuracy; else the cheapest
-        key = (1, val_acc, cost) if cost <= target * 1.02 else (0, -cost, 0)
+        # the pick: among epochs in the band, the best validation accuracy; else the closest to the band
+        key = (1, val_acc, -abs(cost - target)) if in_band(cost, target) else (0, -abs(cost - target), 0)
         if state["best"] is None or tuple(key) > tuple(state["best"]["key"]):
             state["best"] = {"key": key, "cost": cost, "epoch": epoch + 1, "structure": reg.structure().to_dict(),
                              "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-        path = max(target, initial - (initial - target) * (epoch + 1) / max(1, approach * recipe.epochs))
+        on_path = path((epoch + 1) * steps)
         log(f"epoch {epoch + 1}/{recipe.epochs}: alive {resource} {cost:,.0f} ({cost / initial:.0%}), target path "
-            f"{path:,.0f}, strength {strength:.3g}/cost, val acc {val_acc:.4f}")
-        state["strength"] = strength * step if cost > path else strength / step
+            f"{on_path:,.0f}, strength {strength:.3g}/cost, val acc {val_acc:.4f}"
+            + (f", {len(back)} channels revived" if back else ""))
+        if cost >= initial:                     # nothing has died yet: the pull is far too weak
+            state["strength"] = strength * step * step
+        elif cost > 1.01 * max(on_path, BAND[1] * target):     # behind the path
+            state["strength"] = strength * step
+        elif cost < 0.99 * min(on_path, BAND[0] * target) or (cost < 0.99 * on_path and on_path > target):
+            state["strength"] = strength / step                # ahead of it: the brake had to hold it back
         state["epoch"] = epoch + 1
         save()
     best = state["best"]
     cost, structure = best["cost"], Structure.from_dict(best["structure"])
     reached = best["key"][0] == 1
     if not reached:
-        log(f"the regularizer did not bring the alive {resource} to the shrink target {target:,.0f} "
-            f"(lowest {cost:,.0f}, {cost / initial:.0%} of the start); using the smallest structure seen. "
-            "Train for more epochs or shrink less.")
+        log(f"the regularizer did not bring the alive {resource} into the band {BAND[0]:.0%}-{BAND[1]:.0%} of the "
+            f"shrink target {target:,.0f} (closest {cost:,.0f}, {cost / initial:.0%} of the start); using the "
+            "structure closest to it. Train for more epochs or shrink less.")
     info = Round(state["strengths"], state["costs"], state["vals"], structure, cost, structure, reached)
     info.state, info.epoch = best["model"], best["epoch"]
     return structure, cost, info
@@ -307,4 +375,4 @@ def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budg
                         position=done["position"] if done else None, stop=stop,
                         history=done["history"] if done else None)
     return {"model": model, "structure": history[-1].expanded, "rounds": history, "original_cost": original,
-            "final_cost": graph_cost(model), "budget": budget_abs, "final_history": final_history}
+            "final_cost": graph_cost(model), "budget": budget_abs, "final_history": final_history, "init": init}

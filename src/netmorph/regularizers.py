@@ -123,6 +123,18 @@ class _Regularizer:
             if getattr(m, "bias", None) is not None:
                 m.bias[rows] = 0
 
+    @torch.no_grad()
+    def revive_channels(self, channels, value: float) -> None:
+        """Bring dead ``channels`` (a bool mask or indices) back to life: every member's gamma set to
+        ``value`` (or its weight row to a random direction of RMS ``value``), betas and biases left at
+        0, so the task gradient reaches them again and training decides whether they grow."""
+        mask = np.zeros(self.graph.n_channels, dtype=bool)
+        mask[channels] = True
+        for m, cls in self._sources:
+            rows = torch.as_tensor(mask[cls], device=m.weight.device)
+            if rows.any():
+                self._set_rows(m, rows, value)
+
     def source_parameters(self) -> list[nn.Parameter]:
         """The parameters this regularizer reads (exclude them from weight decay)."""
         return [m.weight for m, _ in self._sources]
@@ -159,19 +171,52 @@ class _Regularizer:
 
     # -- proximal step -----------------------------------------------------------------------
     @torch.no_grad()
-    def proximal_step(self, lr: float, strength: float) -> None:
+    def proximal_step(self, lr: float, strength: float, floor: float | None = None) -> None:
         """Apply the proximal operator of ``lr * strength * loss()`` to the source parameters.
 
         Use it *instead of* adding ``strength * loss()`` to the objective, right after each
-        ``optimizer.step()`` with that step's learning rate. A channel the step leaves at exactly
-        zero is then silenced: its betas (or biases) are set to zero too, so it carries nothing
-        downstream, the rest of the network trains without it, and pruning it later is exact
+        ``optimizer.step()`` with that step's learning rate. A channel the step leaves dead (at
+        exactly zero, or at or below the threshold and so removed by :func:`netmorph.prune`) is then
+        silenced: its gammas and betas (or weight rows and biases) are set to zero, so it carries
+        nothing downstream, the rest of the network trains without it, and pruning it later is exact
         (a dead channel that kept its beta would emit a constant, which pruning can fold only up to
-        zero-padded borders).
+        zero-padded borders, and one that kept a small gamma would still pass on a varying signal).
+        The channel :meth:`alive` keeps for a layer whose channels all died is left as it is.
+
+        ``floor``: a cost this step may not take the network below. A full step that would is
+        shortened (bisected) to the largest fraction of it that keeps :meth:`cost` at or above the floor.
         """
-        self._shrink(lr * strength * self.channel_weights(self.alive()) * self.regularized)
+        if floor is None:
+            return self._prox_and_silence(lr * strength)
+        saved = [(t, t.detach().clone()) for m, _ in self._sources for t in (m.weight, getattr(m, "bias", None))
+                 if t is not None]
+
+        def restore():
+            for t, v in saved:
+                t.copy_(v)
+        self._prox_and_silence(lr * strength)
+        if self.cost() >= floor:
+            return
+        lo, hi = 0.0, 1.0
+        for _ in range(12):
+            mid = (lo + hi) / 2
+            restore()
+            self._prox_and_silence(lr * strength * mid)
+            if self.cost() >= floor:
+                lo = mid
+            else:
+                hi = mid
+        restore()
+        if lo > 0:
+            self._prox_and_silence(lr * strength * lo)
+
+    @torch.no_grad()
+    def _prox_and_silence(self, t: float) -> None:
+        self._shrink(t * self.channel_weights(self.alive()) * self.regularized)
         with torch.no_grad():
-            dead = (self.channel_values() == 0).cpu().numpy() & self.regularized
+            values = self.channel_values().detach().cpu()
+        below = ~(values > self.threshold).numpy()            # the comparison alive() makes
+        dead = self.regularized & ((values == 0).numpy() | (below & ~self.alive()))
         if dead.any():
             self.zero_channels(dead)
 
@@ -201,6 +246,10 @@ class _Gamma(_Regularizer):
     @staticmethod
     def _zero_rows(m, rows):
         m.weight[rows] = 0
+
+    @staticmethod
+    def _set_rows(m, rows, value):
+        m.weight[rows] = value
 
     def _no_source_message(self):
         return (f"{type(self).__name__} needs BatchNorm layers with affine weights, and "
@@ -239,7 +288,8 @@ def _prox_max_norm(v: np.ndarray, index: np.ndarray, t: np.ndarray) -> np.ndarra
             continue
         css = np.cumsum(u)
         j = np.arange(1, len(u) + 1)
-        rho = np.flatnonzero(u - (css - t[k]) / j > 0)[-1]
+        above = np.flatnonzero(u - (css - t[k]) / j > 0)
+        rho = above[-1] if len(above) else 0          # none: t is below the float resolution of u
         theta = (css[rho] - t[k]) / (rho + 1)
         out[order[s:e]] = np.minimum(u, theta)
     return out
@@ -273,6 +323,13 @@ class _GroupLasso(_Regularizer):
     def _zero_rows(m, rows):
         w = out_rows(m).detach().clone()
         w[rows] = 0
+        set_out_rows(m, w)
+
+    @staticmethod
+    def _set_rows(m, rows, value):
+        w = out_rows(m).detach().clone()
+        fresh = torch.randn(int(rows.sum()), w.shape[1], dtype=w.dtype, device=w.device)
+        w[rows] = fresh * (value * w.shape[1] ** 0.5 / torch.linalg.vector_norm(fresh, dim=1, keepdim=True))
         set_out_rows(m, w)
 
     def _no_source_message(self):

@@ -149,8 +149,9 @@ def apply_structure(model: nn.Module, structure, init="keep", keep: str = "impor
         if values is not None and target < len(chans):
             chans = chans[np.sort(np.argsort(-values[chans], kind="stable")[:target])]
         orders[gid] = list(chans[:target]) + [None] * max(0, target - len(chans))
-    if init == "keep" and init_reference is not None:     # new channels drawn the model's way
-        new = resize(model, graph, orders, example, lambda m, names: matched_init(m, init_reference, only=names))
+    if init == "keep" and init_reference is not None:     # new channels drawn the model's way, read by nothing yet
+        new = resize(model, graph, orders, example, lambda m, names: matched_init(m, init_reference, only=names),
+                     silent_new=True)
     else:
         new = resize(model, graph, orders, example)
     if callable(init):
@@ -160,11 +161,14 @@ def apply_structure(model: nn.Module, structure, init="keep", keep: str = "impor
     return new
 
 
-def resize(model: nn.Module, graph: ChannelGraph, orders: dict[int, list], example, init_new=None) -> nn.Module:
+def resize(model: nn.Module, graph: ChannelGraph, orders: dict[int, list], example, init_new=None,
+           silent_new: bool = False) -> nn.Module:
     """Rebuild ``model`` so that group g holds ``orders[g]``: old channel ids, or None for new ones.
 
     ``init_new(new_model, names)``, if given, initializes the rebuilt layers (``names``) before the
-    kept channels' weights are copied into them, so it decides only what the new channels hold."""
+    kept channels' weights are copied into them, so it decides only what the new channels hold.
+    ``silent_new``: the weights with which layers read new channels start at zero, so the widened
+    network computes exactly what the narrower one did until training grows them."""
     new_width = {g: len(o) for g, o in orders.items()}
     for name, layer in graph.layers.items():
         g = int(graph.group_of[layer.out[0]])
@@ -200,7 +204,7 @@ def resize(model: nn.Module, graph: ChannelGraph, orders: dict[int, list], examp
     if init_new is not None and rebuilt:
         init_new(new, rebuilt)
     new_graph = build_graph(new, example)
-    _copy_weights(model, graph, new, new_graph, orders)
+    _copy_weights(model, graph, new, new_graph, orders, silent_new)
     return new
 
 
@@ -306,7 +310,7 @@ def _positions(new_slots: np.ndarray, old_slots: np.ndarray, cmap: dict[int, int
     return np.array(new_pos, dtype=np.int64), np.array(old_pos, dtype=np.int64)
 
 
-def _copy_weights(model, old_graph, new, new_graph, orders) -> None:
+def _copy_weights(model, old_graph, new, new_graph, orders, silent_new: bool = False) -> None:
     cmap = _class_map(old_graph, new_graph, orders)
     frozen = (~new_graph.changeable(), ~old_graph.changeable())
     with torch.no_grad():
@@ -332,6 +336,13 @@ def _copy_weights(model, old_graph, new, new_graph, orders) -> None:
                 w_new[np.ix_(i_new, o_new)] = w_old[np.ix_(i_old, o_old)]
             else:
                 w_new[np.ix_(o_new, i_new)] = w_old[np.ix_(o_old, i_old)]
+            if silent_new and not grouped:                # new inputs read with weight 0
+                fresh_in = np.setdiff1d(np.arange(len(layer.inputs)), i_new)
+                if len(fresh_in):
+                    if transposed:
+                        w_new[fresh_in] = 0
+                    else:
+                        w_new[:, fresh_in] = 0
             if getattr(new_m, "bias", None) is not None and getattr(old_m, "bias", None) is not None:
                 new_m.bias[o_new] = old_m.bias[o_old]
         for name, cls in new_graph.norms.items():

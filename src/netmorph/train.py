@@ -28,6 +28,7 @@ class Recipe:
     crop_padding: int = 4
     flip: bool = True
     seed: int = 0
+    schedule: str = "one_cycle"     # or "constant": the same warm-up, then the peak rate to the end
 
 
 def one_cycle(step: int, total: int, peak: float, warmup: float) -> float:
@@ -36,6 +37,15 @@ def one_cycle(step: int, total: int, peak: float, warmup: float) -> float:
     if step < w:
         return peak * (step + 1) / w
     return 0.5 * peak * (1 + math.cos(math.pi * (step - w) / max(1, total - w)))
+
+
+def learning_rate(step: int, total: int, recipe: Recipe) -> float:
+    """The recipe's learning rate at ``step`` of ``total``: one-cycle, or warm-up then constant."""
+    if recipe.schedule == "constant":
+        return one_cycle(min(step, max(1, int(round(recipe.warmup * total))) - 1), total, recipe.lr, recipe.warmup)
+    if recipe.schedule != "one_cycle":
+        raise ValueError(f"schedule must be 'one_cycle' or 'constant', got {recipe.schedule!r}")
+    return one_cycle(step, total, recipe.lr, recipe.warmup)
 
 
 def augment(x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
@@ -89,8 +99,15 @@ def cross_entropy(outputs, inputs, targets):
 
 def train_epoch(model, opt, x, y, recipe: Recipe, epoch: int, generator: torch.Generator,
                 reg=None, strength: float = 0.0, on_batch: Callable | None = None, criterion=cross_entropy,
-                position: dict | None = None, stop: Callable[[], bool] | None = None) -> float:
+                position: dict | None = None, stop: Callable[[], bool] | None = None,
+                pull_above=None) -> float:
     """One epoch of the recipe; returns the mean training loss.
+
+    With ``reg`` and ``strength``, every step ends with ``reg.proximal_step``; with ``pull_above`` (a
+    pair of costs ``(above, floor)``, or a function of the step number counted from the start of
+    training that returns one), only while ``reg.cost()`` is above ``above``, and a step that would
+    take it below ``floor`` is shortened (a brake that depends only on the weights and the step,
+    hence exact on resume).
 
     ``position`` (from an :class:`Interrupted`) continues an epoch stopped half-way: the same
     batch order, the generator state and the losses so far, so the result equals an uninterrupted
@@ -111,7 +128,7 @@ def train_epoch(model, opt, x, y, recipe: Recipe, epoch: int, generator: torch.G
         if i < first:
             continue
         step = epoch * steps_per_epoch + i
-        lr = one_cycle(step, total, recipe.lr, recipe.warmup)
+        lr = learning_rate(step, total, recipe)
         for group in opt.param_groups:
             group["lr"] = lr
         xb = augment(x[idx], recipe.crop_padding, recipe.flip, generator)
@@ -125,8 +142,9 @@ def train_epoch(model, opt, x, y, recipe: Recipe, epoch: int, generator: torch.G
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if reg is not None and strength:
-            reg.proximal_step(lr, strength)
+        above, floor = (pull_above(step) if callable(pull_above) else pull_above) or (None, None)
+        if reg is not None and strength and (above is None or reg.cost() > above):
+            reg.proximal_step(lr, strength, floor=floor)
         losses.append(dist.mean(loss.item()))
         if on_batch is not None:
             on_batch(i, steps_per_epoch, losses[-1])

@@ -16,6 +16,9 @@ def test_digits_are_split_by_class_without_overlap():
     assert d.example.shape == (1, 1, 8, 8) and d.num_classes == 10
     for part in (d.train, d.val, d.test):                      # every class in every split
         assert set(part[1].tolist()) == set(range(10))
+    rows = [{tuple(r.tolist()) for r in part[0].flatten(1)} for part in (d.train, d.val, d.test)]
+    assert [len(r) for r in rows] == sizes                     # the 1797 digits are distinct images ...
+    assert not rows[0] & rows[1] and not rows[0] & rows[2] and not rows[1] & rows[2]   # ... in one split each
     assert abs(float(d.train[0].mean())) < 1e-4 and float(d.train[0].std()) == pytest.approx(1, abs=1e-3)
     again = load_data(None, seed=0)
     assert torch.equal(again.val[1], d.val[1])

@@ -51,6 +51,18 @@ def add_parser(sub) -> None:
     p.add_argument("--rounds", type=C.positive_int, default=1, help="shrink-expand rounds (default 1)")
     p.add_argument("--round-to", type=C.positive_int, default=1, help="widths become multiples of this (default 1)")
     p.add_argument("--no-baseline", action="store_true", help="do not train the original network for comparison")
+    p.add_argument("--init", choices=("keep", "fresh"), default=None, help="keep (the default when there are "
+                   "trained weights): regularize the trained original (--checkpoint, else the baseline this run "
+                   "trains; with --no-baseline a fresh build), prune it exactly, widen it "
+                   "keeping every alive weight, fine-tune; fresh (the default with --no-baseline and no --checkpoint): train "
+                   "the expanded structure from the model's own initialization (the paper's way)")
+    p.add_argument("--checkpoint", default=None, help="with --init keep: the trained original to start from (a "
+                   "state_dict, a Lightning .ckpt, .safetensors; read as plain data) instead of training a baseline")
+    p.add_argument("--trust-checkpoint", action="store_true", help=C.TRUST_HELP)
+    p.add_argument("--reg-epochs", type=C.positive_int, default=None, help="epochs of each regularized run "
+                   "(default: --epochs)")
+    p.add_argument("--final-epochs", type=C.positive_int, default=None, help="epochs of the final training or "
+                   "fine-tuning (default: --epochs)")
     p.set_defaults(run=run)
 
 
@@ -149,7 +161,8 @@ def learned_model(build, result, example, recipe, resource, hardware):
     """The last round's regularized network at the epoch its structure was picked, its dead channels
     removed: what the regularizer learned, as a real network."""
     torch.manual_seed(recipe.seed)
-    model = replay(build(), result["rounds"][:-1], example, recipe.seed)
+    model = replay(build(), result["rounds"][:-1], example, recipe.seed, init=result["init"], resource=resource,
+                   hardware=hardware)
     model.load_state_dict(result["rounds"][-1].state)
     return prune(model, make_regularizer(model, example, resource, hardware))
 
@@ -177,6 +190,20 @@ def run(args) -> int:
         raise C.UsageError(f"--shrink {args.shrink} is not below the original cost ({original_cost:,.0f} "
                            f"{resource}); give a percentage below 100% or a smaller absolute cost")
     check_budget(build, data.example, budget_abs, resource, hardware)
+    if args.init is None:                  # warm when there are trained weights to keep, else the paper's way
+        args.init = "fresh" if args.no_baseline and not args.checkpoint else "keep"
+    start_state = None
+    if args.checkpoint:
+        if args.init != "keep":
+            raise C.UsageError("--checkpoint is the trained network --init keep starts from; drop it or use --init keep")
+        start_state = C.user_state_dict(args.checkpoint, "--checkpoint", build(), args.trust_checkpoint)
+        try:
+            build().load_state_dict(start_state)
+        except RuntimeError as exc:
+            raise C.UsageError(f"--checkpoint {args.checkpoint} does not fit --model {args.model}: "
+                               f"{str(exc).splitlines()[0]}") from None
+    reg_recipe = dataclasses.replace(recipe, epochs=args.reg_epochs or recipe.epochs)
+    final_recipe = dataclasses.replace(recipe, epochs=args.final_epochs or recipe.epochs)
 
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
@@ -194,8 +221,11 @@ def run(args) -> int:
         try:
             baseline, base_hist = (None, None) if args.no_baseline else \
                 train_baseline(build, data, recipe, out, stop, progress)
+            if args.init == "keep" and start_state is None and baseline is not None:
+                start_state = baseline.state_dict()          # else (--no-baseline) it regularizes a fresh build
             result = morph(build, data.train, data.val, data.example, budget=budget, shrink=shrink,
-                           resource=resource, hardware=hardware, rounds=args.rounds, recipe=recipe,
+                           resource=resource, hardware=hardware, rounds=args.rounds, recipe=reg_recipe,
+                           final_recipe=final_recipe, init=args.init, start_state=start_state,
                            round_to=args.round_to, log=lambda s: C.say(f"  {s}"),
                            checkpoint_path=out / "checkpoint.pt", on_batch=progress.step, stop=stop,
                            on_stage=lambda name, epochs: progress.stage(name, epochs, steps))
@@ -232,16 +262,25 @@ def report(args, out, data, build, recipe, resource, hardware, result, baseline,
                               result["original_cost"], targets, resource)
     text = [f"# netmorph morph: {args.model} on {data.name}", "",
             f"Budget {result['budget']:,.0f} {resource} ({result['budget'] / result['original_cost']:.0%} of the "
-            f"original); shrink target {args.shrink}; {args.rounds} round(s) of {recipe.epochs} epochs; seed "
-            f"{args.seed}. The final structure is omega = {result['structure'].omega:.3f} x the learned one.", "",
+            f"original); shrink target {args.shrink}; init {args.init}; {args.rounds} round(s) of "
+            f"{args.reg_epochs or recipe.epochs} regularized epochs, then {args.final_epochs or recipe.epochs} "
+            f"epochs of {'fine-tuning' if args.init == 'keep' else 'training from scratch'}; seed {args.seed}. "
+            f"The final structure is omega = {result['structure'].omega:.3f} x the learned one.", "",
+            ledger(args, recipe), "",
             table(rows, resource), "",
             "original: the network as given" + (", trained with the same recipe" if baseline is not None else
                                                  " (untrained: --no-baseline)") +
-            "; learned: the regularized network at the epoch its structure was picked, dead channels removed; "
-            "final: the expanded structure trained from scratch.", ""]
+            "; learned: the regularized network at the epoch its structure was picked, dead channels removed; " +
+            ("final: the learned network pruned exactly, widened to the expanded structure keeping every alive "
+             "weight, and fine-tuned." if args.init == "keep" else
+             "final: the expanded structure trained from scratch."), ""]
     if not last.reached_target:
-        text.append(f"Note: the regularizer did not reach the shrink target {args.shrink}; the smallest structure "
-                    "seen was used. Train longer (--epochs) or shrink less (--shrink).")
+        text.append(f"Note: the regularizer did not bring the network into 98-102% of the shrink target "
+                    f"{args.shrink}; the structure closest to it was used. Train longer (--reg-epochs) or shrink less "
+                    "(--shrink).")
+    verdict = beat_line(rows)
+    if verdict:
+        text += [verdict, ""]
     text += closing_lines(args, data, rows, resource, widths_ok and curves_ok)
     (out / "metrics.md").write_text("\n".join(text) + "\n")
     summary = {"models": rows, "budget": result["budget"], "original_cost": result["original_cost"],
@@ -251,6 +290,33 @@ def report(args, out, data, build, recipe, resource, hardware, result, baseline,
     C.say("\n" + table(rows, resource) + f"\n\nrun directory: {out}  (metrics.md, widths.png, training.png, "
           "final/structure.json + final/model.pt)")
     C.write_json(out / C.COMPLETE, summary)                    # last: marks the run finished
+
+
+def ledger(args, recipe) -> str:
+    """Every epoch the run spent, by stage: what a fair comparison counts."""
+    base = 0 if args.no_baseline or args.checkpoint else recipe.epochs
+    reg = args.rounds * (args.reg_epochs or recipe.epochs)
+    final = args.final_epochs or recipe.epochs
+    return (f"Epoch ledger: baseline {base}" + (" (given by --checkpoint)" if args.checkpoint else "") +
+            f" + regularized {reg} + {'fine-tuning' if args.init == 'keep' else 'final'} {final} = "
+            f"{base + reg + final} epochs.")
+
+
+def beat_line(rows: dict) -> str | None:
+    """Whether the final network beat the original, in the test set's resolution."""
+    a, b = rows["final"].get("test_acc"), rows["original"].get("test_acc")
+    n = rows["final"].get("test_n")
+    if a is None or b is None or not n:
+        return None
+    diff, one = a - b, 1 / n
+    spread = (max(a, b) * (1 - max(a, b)) / n) ** 0.5          # one binomial standard error
+    if abs(diff) < one / 2:
+        word = "is exactly as accurate as"
+    else:
+        word = "beat" if diff > 0 else "is less accurate than"
+    return (f"**The final network {word} the original**: {a:.2%} vs {b:.2%} ({diff * n:+.0f} of {n} test images, "
+            f"{diff:+.2%}; one standard error of a test accuracy here is {spread:.2%}, so a gap smaller than about "
+            f"{2 * spread:.2%} is within the test set's noise).")
 
 
 def closing_lines(args, data, rows: dict, resource: str, pictures_ok: bool) -> list[str]:

@@ -43,7 +43,7 @@ def metrics(models: dict, test, example, resource: str, hardware, batch: int = 6
     latency = measure_latency(models, xb)
     out = {}
     for name, m in models.items():
-        row = {"test_acc": evaluate(m, *test), "flops": count_flops(m, example), "params": count_params(m),
+        row = {"test_acc": evaluate(m, *test), "test_n": len(test[1]), "flops": count_flops(m, example), "params": count_params(m),
                "latency_ms": latency[name], "latency_batch": len(xb)}
         if resource != "flops":
             row[resource] = count_cost(m, example, resource, hardware)
@@ -155,7 +155,9 @@ def plot_training(path, rounds: list, final_history: list, baseline_history: lis
     for r, (info, target) in enumerate(zip(rounds, shrink_targets)):
         epochs = np.arange(1, len(info.cost_history) + 1)
         a.plot(epochs, np.asarray(info.cost_history) / original_cost, marker=".", label=f"round {r + 1} alive")
-        a.axhline(target / original_cost, ls="--", lw=0.8, color=f"C{r}", label=f"round {r + 1} shrink target")
+        a.axhspan(0.98 * target / original_cost, 1.02 * target / original_cost, color=f"C{r}", alpha=0.15,
+                  label=f"round {r + 1} target band (98-102%)")
+        a.axhline(target / original_cost, ls="--", lw=0.8, color=f"C{r}")
         b.plot(epochs, info.val_history, marker=".", label=f"round {r + 1} (regularized)")
     if final_history:
         b.plot([h["epoch"] for h in final_history], [h["val_acc"] for h in final_history], marker=".", label="final")
