@@ -154,13 +154,20 @@ TRUST_HELP = ("unpickle --checkpoint/--teacher in full (needed only for a file h
               "any code it carries")
 
 
-def user_state_dict(path: str, flag: str, model: nn.Module, trust: bool = False) -> dict:
+def user_state_dict(path: str, flag: str, model: nn.Module, trust: bool = False, model_name: str = "") -> dict:
     """The state dict in a file the user names with ``flag`` (a state_dict, a netmorph or Lightning
-    checkpoint, ``.safetensors``), loaded without running code unless ``trust``; fitted to ``model``."""
+    checkpoint, ``.safetensors``), loaded without running code unless ``trust``; fitted to ``model``,
+    and, with ``model_name``, checked to load into it (a usage error naming ``--model`` if not)."""
     try:
-        return load_state_dict(path, model, what=flag, trust=trust, trust_flag="--trust-checkpoint")
+        state = load_state_dict(path, model, what=flag, trust=trust, trust_flag="--trust-checkpoint")
     except (ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
+    if model_name:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise UsageError(f"{flag} {path} does not fit --model {model_name}: {str(exc).splitlines()[0]}") from None
+    return state
 
 
 def load_run_file(path: Path, what: str = "the run's checkpoint"):

@@ -196,12 +196,7 @@ def run(args) -> int:
     if args.checkpoint:
         if args.init != "keep":
             raise C.UsageError("--checkpoint is the trained network --init keep starts from; drop it or use --init keep")
-        start_state = C.user_state_dict(args.checkpoint, "--checkpoint", build(), args.trust_checkpoint)
-        try:
-            build().load_state_dict(start_state)
-        except RuntimeError as exc:
-            raise C.UsageError(f"--checkpoint {args.checkpoint} does not fit --model {args.model}: "
-                               f"{str(exc).splitlines()[0]}") from None
+        start_state = C.user_state_dict(args.checkpoint, "--checkpoint", build(), args.trust_checkpoint, args.model)
     reg_recipe = dataclasses.replace(recipe, epochs=args.reg_epochs or recipe.epochs)
     final_recipe = dataclasses.replace(recipe, epochs=args.final_epochs or recipe.epochs)
 

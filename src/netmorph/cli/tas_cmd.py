@@ -63,12 +63,7 @@ def run(args) -> int:
         raise C.UsageError(f"netmorph tas: {exc}") from None
     teacher_state = None
     if args.teacher:
-        teacher_state = C.user_state_dict(args.teacher, "--teacher", build(), args.trust_checkpoint)
-        try:
-            build().load_state_dict(teacher_state)
-        except RuntimeError as exc:
-            raise C.UsageError(f"--teacher {args.teacher} does not fit --model {args.model}: "
-                               f"{str(exc).splitlines()[0]}") from None
+        teacher_state = C.user_state_dict(args.teacher, "--teacher", build(), args.trust_checkpoint, args.model)
     if dist.active():
         raise C.UsageError("netmorph tas runs in one process (its search is not data-parallel); drop torchrun")
     out.mkdir(parents=True, exist_ok=True)

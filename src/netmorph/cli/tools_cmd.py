@@ -75,12 +75,7 @@ def run_explain(args) -> int:
 def run_prune(args) -> int:
     resource, hardware = C.parse_resource(args.resource)
     model, example = _model_and_example(args)
-    state = C.user_state_dict(args.checkpoint, "--checkpoint", model, args.trust_checkpoint)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise C.UsageError(f"--checkpoint {args.checkpoint} does not fit --model {args.model}: "
-                           f"{str(exc).splitlines()[0]}") from None
+    C.user_state_dict(args.checkpoint, "--checkpoint", model, args.trust_checkpoint, args.model)   # loads it
     reg = make_regularizer(model, example, resource, hardware)
     if args.structure is None or Structure.load(args.structure) == reg.structure():
         small = prune(model, reg)
