@@ -101,7 +101,13 @@ def test_a_removed_bottleneck_takes_its_first_conv_with_it():
         h = model.blocks[0](h)
         expected = model.fc(torch.relu(h + model.blocks[1].c[1](torch.zeros_like(h))).mean((2, 3)))
         assert torch.allclose(small(x), expected, atol=1e-6)
-    assert netmorph.apply_structure(model, {"blocks.1.a.0": 0, "blocks.1.b.0": 0}, example_inputs=x)
+    # naming the first 1x1 at 0 as well says the same thing: the same network
+    both = netmorph.apply_structure(model, {"blocks.1.a.0": 0, "blocks.1.b.0": 0}, example_inputs=x).eval()
+    assert isinstance(both.blocks[1].a[0], Vanished) and isinstance(both.blocks[1].b[0], Vanished)
+    assert isinstance(both.blocks[1].c[0], ConstantOutput)
+    assert netmorph.count_flops(both, x) == netmorph.count_flops(model, x) - convs
+    with torch.no_grad():
+        assert torch.allclose(both(x), expected, atol=1e-6)
     with pytest.raises(ValueError, match="'blocks.1.a.0' cannot have width 0"):    # it still feeds the 3x3
         netmorph.apply_structure(model, {"blocks.1.a.0": 0}, example_inputs=x)
     # expansion costs the structure as it is built: the tower is gone at every omega
@@ -137,8 +143,14 @@ def test_structure_errors_name_the_problem():
         netmorph.apply_structure(model, {"conv1": 8})
     with pytest.raises(ValueError, match="keep must be"):
         netmorph.apply_structure(model, {"conv1": 8}, keep="random", example_inputs=x)
+    # a depthwise conv may be named: its width is its input's, so the stem conv narrows with it
+    # (32 -> 16): 16 fewer of the stem's 3x3x3 filters, depthwise 3x3 filters and pointwise inputs
     dw = get_model("mobilenetv2")
-    assert netmorph.apply_structure(dw, {"features.1.block.0.0": 16}, example_inputs=x)  # no-op is fine
+    narrow = netmorph.apply_structure(dw, {"features.1.block.0.0": 16}, example_inputs=x)
+    stem, depthwise, pointwise = narrow.features[0][0], narrow.features[1].block[0][0], narrow.features[1].block[1]
+    assert (stem.out_channels, depthwise.in_channels, depthwise.out_channels, depthwise.groups) == (16, 16, 16, 16)
+    assert (pointwise.in_channels, pointwise.out_channels) == (16, 16)
+    assert netmorph.count_flops(dw, x) - netmorph.count_flops(narrow, x) == 2 * 32 * 32 * 16 * (27 + 9 + 16)
 
 
 def test_a_saved_structure_rebuilds_the_pruned_model(tmp_path):

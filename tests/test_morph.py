@@ -70,10 +70,17 @@ def test_interrupted_two_round_morph_resumes_to_the_uninterrupted_result(tmp_pat
     path = tmp_path / "state.pt"
     with pytest.raises(Interrupted):
         morph(build, train, val, example, checkpoint_path=path, stop=stop, **kw)
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=True)
     assert len(state["rounds"]) == 1 and state["stage"] == "regularize 1" and state["train"]["position"]
-    resumed = morph(build, train, val, example, checkpoint_path=path, **kw)
+    steps = []
+    resumed = morph(build, train, val, example, checkpoint_path=path, on_batch=lambda i, n, loss: steps.append(i),
+                    **kw)
+    # it continues where it stopped: the rest of round 2 (2 x 3 epochs x 12 steps, less the 52 done), then the
+    # final 3 epochs; nothing is trained twice
+    assert len(steps) == (2 * 36 - 52) + 36
+    assert len(straight["rounds"]) == len(resumed["rounds"]) == 2                 # rounds=2, none lost or repeated
     for a, b in zip(straight["rounds"], resumed["rounds"]):
+        assert len(a.cost_history) == len(b.cost_history) == 3                    # one entry per epoch
         assert dict(a.learned) == dict(b.learned) and a.cost_history == b.cost_history
         assert a.expanded.cost == b.expanded.cost and a.expanded.omega == b.expanded.omega
     assert [h["val_acc"] for h in straight["final_history"]] == [h["val_acc"] for h in resumed["final_history"]]

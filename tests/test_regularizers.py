@@ -96,3 +96,98 @@ def test_proximal_step_makes_dead_channels_exactly_zero_where_plain_sgd_hovers()
     assert hovering > 20                                    # ... it oscillates just above the threshold
     assert (g_prox == 0).sum() > 20                         # the proximal step makes them exactly 0
     assert reg_prox.cost() < 0.9 * reg_plain.cost()
+
+
+
+def bn_outputs(model, names, inputs):
+    """The outputs of the named BatchNorms on ``inputs``, in train mode and then in eval mode."""
+    seen = {n: [] for n in names}
+    hooks = [model.get_submodule(n).register_forward_hook(lambda m, a, out, n=n: seen[n].append(out.detach()))
+             for n in names]
+    with torch.no_grad():
+        model.train()
+        model(inputs)
+        model.eval()
+        model(inputs)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+@pytest.fixture
+def one_thread():
+    """Small tensors: one thread is several times faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_channels_the_proximal_steps_kill_are_silenced_and_prune_exactly(one_thread):
+    """After training with proximal steps, every channel alive() drops has gamma AND beta exactly 0,
+    so its BatchNorm emits exactly 0 on any input (train and eval mode), and pruning the trained
+    network changes its outputs only by float rounding."""
+    torch.manual_seed(0)
+    model = get_model("tiny", num_classes=4, width=0.5)
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 4, (32,))
+    reg = netmorph.GammaFlopsRegularizer(model, x[:8])                 # gamma_threshold 1e-3
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(60):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        reg.proximal_step(0.05, 20 / reg.cost())
+    dead = ~reg.alive()
+    assert dead.sum() >= 10                                            # the run killed channels
+    probe = torch.randn(16, 1, 8, 8)
+    seen = bn_outputs(model, list(reg.graph.bn_sources), probe)
+    checked = 0
+    for name, (_, channels) in reg.graph.bn_sources.items():
+        bn, rows = model.get_submodule(name), torch.as_tensor(dead[channels])
+        if not rows.any():
+            continue
+        assert torch.equal(bn.weight[rows], torch.zeros(int(rows.sum())))      # gamma 0 ...
+        assert torch.equal(bn.bias[rows], torch.zeros(int(rows.sum())))        # ... and beta 0: silenced
+        for out in seen[name]:                                                 # train mode, eval mode
+            assert torch.equal(out[:, rows], torch.zeros_like(out[:, rows]))
+        checked += int(rows.sum())
+    assert checked == dead.sum()
+    before = model(probe).detach()                                     # eval mode (bn_outputs ends there)
+    small = netmorph.prune(model, reg).eval()
+    assert small.netmorph_report.channels_removed == dead.sum()
+    with torch.no_grad():
+        after = small(probe)
+    assert (after - before).abs().max() <= 1e-5 * before.abs().max()
+    assert small.netmorph_report.max_rel_change <= 1e-5
+
+
+def test_a_gamma_at_or_under_the_threshold_is_silenced_even_when_not_exactly_zero(x8):
+    """Dead means "not above gamma_threshold" (what alive(), cost() and prune use), not only exactly 0:
+    such channels are silenced too, or pruning them would drop the varying signal gamma * x_hat and the
+    constant beta they still carry. The strongest channel of a layer whose channels all died is kept
+    by alive() and left as it is."""
+    model = Chain(a=8)
+    set_gammas(model.bn1, [1, 5e-4, 1, 1e-3, 1, 1, 2e-3, 1])
+    with torch.no_grad():
+        model.bn1.bias.fill_(0.3)
+    reg = netmorph.GammaFlopsRegularizer(model, x8)                    # gamma_threshold 1e-3
+    reg.proximal_step(lr=1e-12, strength=1e-12)                        # a shrink far below any gamma
+    assert model.bn1.weight[[1, 3]].tolist() == [0, 0] and model.bn1.bias[[1, 3]].tolist() == [0, 0]
+    keep = [0, 2, 4, 5, 6, 7]
+    assert torch.allclose(model.bn1.weight[keep], torch.tensor([1, 1, 1, 1, 2e-3, 1]), rtol=1e-6)
+    assert torch.equal(model.bn1.bias[keep], torch.full((6,), 0.3))
+    out = bn_outputs(model, ["bn1"], torch.randn(4, 3, 8, 8))["bn1"]
+    assert all(torch.equal(o[:, [1, 3]], torch.zeros_like(o[:, [1, 3]])) for o in out)
+    assert all((o[:, keep].abs().amax((0, 2, 3)) > 0).all() for o in out)
+    # every channel of the layer at or under the threshold: alive() keeps the strongest (index 5)
+    model = Chain(a=8)
+    set_gammas(model.bn1, [5e-4, 1e-4, 0, 8e-4, 2e-4, 9e-4, 3e-4, 7e-4])
+    with torch.no_grad():
+        model.bn1.bias.fill_(0.3)
+    reg = netmorph.GammaFlopsRegularizer(model, x8)
+    reg.proximal_step(lr=1e-12, strength=1e-12)
+    assert reg.structure()["conv1"] == 1 and reg.alive()[reg.graph.layers["conv1"].out].nonzero()[0].tolist() == [5]
+    assert model.bn1.weight[5].item() == pytest.approx(9e-4) and model.bn1.bias[5].item() == pytest.approx(0.3)
+    others = [0, 1, 2, 3, 4, 6, 7]
+    assert not model.bn1.weight[others].any() and not model.bn1.bias[others].any()

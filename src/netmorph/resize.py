@@ -52,13 +52,15 @@ def group_targets(graph: ChannelGraph, widths: Mapping[str, int]) -> dict[int, i
         layer = graph.layers[name]
         gid = int(graph.group_of[layer.out[0]])
         group = graph.groups[gid]
+        if group.frozen is not None:           # (its group may also hold channels of no layer: compare the layer's)
+            if width != layer.width:
+                raise ValueError(f"'{name}' cannot change width: {group.frozen}")
+            continue
         mult = layer.width // group.width
         if width % mult:
             raise ValueError(f"width {width} of '{name}' must be a multiple of {mult} (it has {mult} output "
                              f"channels per channel of its group)")
         target = width // mult
-        if group.frozen is not None and target != group.width:
-            raise ValueError(f"'{name}' cannot change width: {group.frozen}")
         if gid in targets and targets[gid][0] != target:
             other = targets[gid][1]
             raise ValueError(f"'{name}' and '{other}' are tied (their channels change together) but were given "

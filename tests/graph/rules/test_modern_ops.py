@@ -17,9 +17,9 @@ def group_of(graph, producer):
 class Sandwich(nn.Module):
     """conv(3->8) -> norm -> ReLU -> op -> conv(->4): the op under test sits between two layers."""
 
-    def __init__(self, op, mid=8, after=None, norm=None):
+    def __init__(self, op, mid=8, after=None, norm=None, inputs=3):
         super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = nn.Conv2d(inputs, 8, 3, padding=1)
         self.norm = norm or nn.BatchNorm2d(8)
         self.op = op
         self.head = nn.Conv2d(after or mid, 4, 1)
@@ -84,26 +84,54 @@ def test_chunk_ties_the_pieces_so_they_still_cut_in_the_right_place():
     assert group_of(graph, "conv").width == 4                  # channel i tied to channel i + 4
 
 
-FROZEN = {
-    "pad_channels": (Sandwich(Fn(lambda x: F.pad(x, (0, 0, 0, 0, 2, 2))), after=12), "'pad'"),
-    "split_sizes": (Sandwich(Fn(lambda x: torch.cat(x.split([3, 5], dim=1)[::-1], 1))), "'split'"),
-    "slice_channels": (Sandwich(Fn(lambda x: x[:, :6]), after=6), "'getitem'"),
-    "channel_shuffle": (Sandwich(Fn(lambda x: x.view(x.size(0), 2, 4, 8, 8).transpose(1, 2).reshape(x.size(0), 8, 8, 8))),
-                        "'view'"),
-    "layer_norm_channels": (Sandwich(Fn(lambda x: F.layer_norm(x.permute(0, 2, 3, 1), (8,)).permute(0, 3, 1, 2))),
-                            "'layer_norm'"),
-    "sum_over_channels": (Sandwich(Fn(lambda x: x * x.sum(1, keepdim=True))), "'sum'"),
-    "einsum_channel_mix": (Sandwich(Fn(lambda x: torch.einsum("bchw,bdhw->bchw", x, x))), "'einsum'"),
+FROZEN = {   # name: (build the sandwich, with keyword arguments for Sandwich; what explain names)
+    "pad_channels": (lambda **kw: Sandwich(Fn(lambda x: F.pad(x, (0, 0, 0, 0, 2, 2))), after=12, **kw), "'pad'"),
+    "split_sizes": (lambda **kw: Sandwich(Fn(lambda x: torch.cat(x.split([3, 5], dim=1)[::-1], 1)), **kw), "'split'"),
+    "slice_channels": (lambda **kw: Sandwich(Fn(lambda x: x[:, :6]), after=6, **kw), "'getitem'"),
+    "channel_shuffle": (lambda **kw: Sandwich(Fn(lambda x: x.view(x.size(0), 2, 4, 8, 8).transpose(1, 2)
+                                                 .reshape(x.size(0), 8, 8, 8)), **kw), "'view'"),
+    "layer_norm_channels": (lambda **kw: Sandwich(Fn(lambda x: F.layer_norm(x.permute(0, 2, 3, 1), (8,))
+                                                     .permute(0, 3, 1, 2)), **kw), "'layer_norm'"),
+    "sum_over_channels": (lambda **kw: Sandwich(Fn(lambda x: x * x.sum(1, keepdim=True)), **kw), "'sum'"),
+    "einsum_channel_mix": (lambda **kw: Sandwich(Fn(lambda x: torch.einsum("bchw,bdhw->bchw", x, x)), **kw),
+                           "'einsum'"),
 }
+
+
+class Stemmed(nn.Module):
+    """A changeable stem, conv(3->6) -> BN -> ReLU, in front of ``body`` (a Sandwich reading 6 channels)."""
+
+    def __init__(self, body):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU())
+        self.body = body
+
+    def forward(self, x):
+        return self.body(self.stem(x))
 
 
 @pytest.mark.parametrize("name", sorted(FROZEN))
 def test_op_that_cannot_be_proven_safe_freezes_and_explain_names_it(name):
-    model, why = FROZEN[name]
+    make, why = FROZEN[name]
+    torch.manual_seed(0)
     x = torch.randn(2, 3, 8, 8)
-    assert netmorph.count_flops(model, x) == reference_flops(model, x)
-    group = group_of(build_graph(model, x), "conv")
+    group = group_of(build_graph(make(), x), "conv")
     assert group.frozen is not None and why in group.frozen, group.frozen
+    # The FLOPs around a frozen op are still derived: behind a changeable stem, the frozen conv's count
+    # follows the stem's width. Narrowed and widened networks, counted by torch's FlopCounterMode on
+    # the networks really built, cost what netmorph derives for them from the original's graph.
+    model = Stemmed(make(inputs=6))
+    graph = build_graph(model, x)
+    assert group_of(graph, "stem.0").frozen is None and why in group_of(graph, "body.conv").frozen
+    reg = netmorph.GammaFlopsRegularizer(model, x)
+    reg.zero_channels(graph.layers["stem.0"].out[[0, 2, 3]])
+    small = netmorph.prune(model, reg)
+    assert small.stem[0].out_channels == small.body.conv.in_channels == 3
+    assert reg.cost() == reference_flops(small, x) < reference_flops(model, x)
+    grown = netmorph.expand(model, x, {"stem.0": 6}, 1.2 * reference_flops(model, x))
+    wide = netmorph.apply_structure(model, grown, example_inputs=x)
+    assert wide.stem[0].out_channels == wide.body.conv.in_channels == grown["stem.0"] > 6
+    assert grown.cost == pytest.approx(reference_flops(wide, x), rel=1e-12)      # (widths scaled by fractions)
 
 
 def test_layer_norm_over_space_keeps_channels():
@@ -171,3 +199,12 @@ def test_transformer_mlp_width_is_prunable_heads_and_embedding_frozen(attention)
             blk.fc1.bias[:12] = 0
     reg, small = check_exact(model, x, netmorph.GroupLassoFlopsRegularizer)
     assert small.blocks[0].fc1.out_features == 20 and small.blocks[1].fc2.in_features == 20
+    # the MLP FLOPs are derived from the width (attention products are measured constants): the
+    # narrowed and a widened network cost what torch's FlopCounterMode counts on them
+    assert reg.cost() == reference_flops(small, x)
+    grown = netmorph.expand(model, x, reg.structure(), 1.1 * reference_flops(model, x))
+    # the frozen layers keep their widths (their group also holds the class token's channel)
+    assert [grown[n] for n in ("patch", "blocks.1.fc2", "head")] == [16, 16, 5]
+    wide = netmorph.apply_structure(model, grown, example_inputs=x)
+    assert wide.blocks[0].fc1.out_features == grown["blocks.0.fc1"] > 32
+    assert grown.cost == pytest.approx(reference_flops(wide, x), rel=1e-12)      # (widths scaled by fractions)
