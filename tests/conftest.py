@@ -17,6 +17,16 @@ def reference_flops(model: nn.Module, *inputs: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
+@pytest.fixture
+def one_thread():
+    """Small tensors: one torch thread is several times faster on a busy machine, and the run does not
+    depend on the core count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def set_gammas(bn: nn.BatchNorm2d, values) -> None:
     with torch.no_grad():
         bn.weight.copy_(torch.tensor(values, dtype=bn.weight.dtype))

@@ -114,14 +114,6 @@ def bn_outputs(model, names, inputs):
     return seen
 
 
-@pytest.fixture
-def one_thread():
-    """Small tensors: one thread is several times faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_channels_the_proximal_steps_kill_are_silenced_and_prune_exactly(one_thread):
     """After training with proximal steps, every channel alive() drops has gamma AND beta exactly 0,

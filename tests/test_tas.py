@@ -350,14 +350,6 @@ def plain_net():
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 4))
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: one thread is ~10x faster on a busy machine, and the run does not depend on the core count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_search_lands_the_derived_network_in_the_target_band(one_thread):
     # The FLOPs loss is the signal: with a single label the task loss soon vanishes, and flops_weight
