@@ -1,5 +1,6 @@
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -63,6 +64,22 @@ def wait_for_line(fd: int, prefix: str, timeout: float = 120) -> str:
             chunk = os.read(fd, 4096)
             assert chunk, f"the child exited before writing a {prefix!r} line"
             buf += chunk
+
+
+def ctrl_c_at(argv, stderr_path, line: str) -> str:
+    """Start ``netmorph *argv`` (:func:`start_interruptible`), send Ctrl-C to the child once it reports
+    ``line``, check it exits with 130, and return what it wrote on stderr."""
+    proc, ready = start_interruptible(argv, stderr_path)
+    try:
+        wait_for_line(ready, line)
+        proc.send_signal(signal.SIGINT)                           # Ctrl-C, to the child only
+        assert proc.wait(timeout=120) == 130
+    finally:
+        os.close(ready)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return stderr_path.read_text()
 
 
 def run_cli(*argv):

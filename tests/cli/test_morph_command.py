@@ -2,8 +2,6 @@
 ``--round-to``, resume after Ctrl-C (the same result as an uninterrupted run with the same seed), and
 data-parallel training."""
 import json
-import os
-import signal
 import subprocess
 import sys
 
@@ -15,8 +13,7 @@ from netmorph.cli.common import load_model
 from netmorph.costs import count_cost
 from netmorph.graph import build_graph
 
-from .conftest import (NEEDS_DIGITS, QUICK, ROOT, child_env, run_cli, run_reload_code, start_interruptible,
-                       wait_for_line)
+from .conftest import NEEDS_DIGITS, QUICK, ROOT, child_env, ctrl_c_at, run_cli, run_reload_code
 
 FILES = ["config.json", "log.txt", "checkpoint.pt", "round1_learned_structure.json",
          "round1_expanded_structure.json", "final/structure.json", "final/model.pt", "metrics.md", "metrics.json"]
@@ -104,18 +101,9 @@ def test_latency_budget_on_the_named_hardware(tmp_path):
 
 def test_ctrl_c_checkpoints_and_resume_gives_the_uninterrupted_result(straight_run, tmp_path):
     out = tmp_path / "run"
-    proc, ready = start_interruptible(["morph", "--epochs", "3", "--batch-size", "128", "--no-baseline",
-                                       "--out", out], tmp_path / "stderr.txt")
-    try:
-        wait_for_line(ready, "checkpoint round 1: regularize")     # its first epoch is saved, training goes on
-        proc.send_signal(signal.SIGINT)                           # Ctrl-C, to the child only
-        assert proc.wait(timeout=120) == 130
-    finally:
-        os.close(ready)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    err = (tmp_path / "stderr.txt").read_text()
+    # Ctrl-C once the first epoch is saved and training goes on
+    err = ctrl_c_at(["morph", "--epochs", "3", "--batch-size", "128", "--no-baseline", "--out", out],
+                    tmp_path / "stderr.txt", "checkpoint round 1: regularize")
     assert "Traceback" not in err and "--resume --out" in err
     assert not (out / "metrics.json").exists()
     state = torch.load(out / "checkpoint.pt", weights_only=True)

@@ -1,7 +1,5 @@
 """``netmorph tas`` end to end, and the ``explain`` / ``prune`` / ``expand`` tools on files."""
 import json
-import os
-import signal
 
 import pytest
 import torch
@@ -13,7 +11,7 @@ from netmorph.datasets import load_data
 from netmorph.morph import make_regularizer
 from netmorph.train import Recipe, evaluate, fit
 
-from .conftest import NEEDS_DIGITS, run_cli, run_reload_code, start_interruptible, wait_for_line
+from .conftest import NEEDS_DIGITS, ctrl_c_at, run_cli, run_reload_code
 
 pytest.importorskip("sklearn", reason=NEEDS_DIGITS)
 
@@ -131,17 +129,7 @@ def test_tas_ctrl_c_then_resume_gives_the_uninterrupted_result(tmp_path):
     argv = ["tas", "--epochs", "2", "--search-epochs", "2", "--batch-size", "128", "--tolerance", "0.1"]
     assert run_cli(*argv, "--out", tmp_path / "straight") == 0
     out = tmp_path / "run"
-    proc, ready = start_interruptible([*argv, "--out", out], tmp_path / "stderr.txt")
-    try:
-        wait_for_line(ready, "checkpoint TAS search")            # the first search epoch is saved
-        proc.send_signal(signal.SIGINT)                         # Ctrl-C, to the child only
-        assert proc.wait(timeout=120) == 130
-    finally:
-        os.close(ready)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    err = (tmp_path / "stderr.txt").read_text()
+    err = ctrl_c_at([*argv, "--out", out], tmp_path / "stderr.txt", "checkpoint TAS search")  # 1st epoch saved
     assert "Traceback" not in err and "netmorph tas --resume --out" in err
     assert not (out / "metrics.json").exists()
     assert torch.load(out / "search.pt", weights_only=True)["epoch"] >= 1     # stopped after a saved epoch
