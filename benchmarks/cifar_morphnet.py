@@ -215,6 +215,7 @@ def main():
         if not out.exists():
             out.write_text(json.dumps(ARMS[arm](data, recipe), indent=1))
     write_table(args.epochs)
+    paired_table()
 
 
 #: every arm of the CIFAR-10 table, in its order (the TAS arm is run by benchmarks/cifar_tas.py)
@@ -276,6 +277,49 @@ def write_table(epochs: int) -> None:
                   "side by side with 1 torch thread each (and other work on the machine), so their train time is "
                   "about twice what one arm alone with 2 threads takes; morph_50%_r8 ran alone with 2.\n\n"
                   + "\n".join(rows) + widths_picture())
+
+
+def minutes_of(r: dict) -> float:
+    """An arm's training minutes, from its epochs' own times (a resumed arm's process time is partial)."""
+    return sum(h.get("seconds", 0) for h in r["history"]) / 60 if r.get("history") else r["train_minutes"]
+
+
+def paired_table(budget: float = 0.5) -> None:
+    """MorphNet warm start against the peer, seed by seed (same seed: same baseline, same data order)."""
+    load = lambda name: json.loads((CACHE / f"{name}.json").read_text()) if (CACHE / f"{name}.json").exists() else None  # noqa: E731
+    rows = ["| seed | baseline | peer (Torch-Pruning) | MorphNet warm | MorphNet - peer | FLOPs peer / MorphNet | "
+            "epochs peer / MorphNet | train min peer / MorphNet |", "|---|---|---|---|---|---|---|---|"]
+    diffs = []
+    for seed in (0, 1, 2):
+        base, peer, ours = load(baseline_name(seed)), load(f"peer_{budget:.0%}_s{seed}"), load(f"morph_warm_{budget:.0%}_s{seed}")
+        cell = lambda r: f"{r['test_acc']:.2%}" if r else "pending"  # noqa: E731
+        if peer and ours:
+            diffs.append(ours["test_acc"] - peer["test_acc"])
+        full = base["flops"] if base else None
+        flops = (f"{peer['flops'] / full:.1%} / {ours['flops'] / full:.1%}" if peer and ours and full else "")
+        ledger = lambda r: "+".join(str(v) for k, v in r["ledger"].items() if k != "total") + f" = {r['ledger']['total']}"  # noqa: E731
+        epochs = f"{ledger(peer)} / {ledger(ours)}" if peer and ours else ""
+        # the peer's and MorphNet's minutes include the baseline's (both start from it)
+        wall = (f"{minutes_of(base) + minutes_of(peer):.0f} / {minutes_of(base) + minutes_of(ours):.0f}"
+                if base and peer and ours else "")
+        rows.append(f"| {seed} | {cell(base)} | {cell(peer)} | {cell(ours)} | "
+                    f"{f'{diffs[-1] * 100:+.2f} pt' if peer and ours else ''} | {flops} | {epochs} | {wall} |")
+    if diffs:
+        d = torch.tensor(diffs, dtype=torch.float64) * 100
+        rows.append(f"\nMorphNet - peer over {len(diffs)} paired seed(s): mean {d.mean():+.2f} pt, spread (max - min) "
+                    f"{(d.max() - d.min()):.2f} pt" + (f", std {d.std():.2f} pt" if len(diffs) > 1 else
+                                                        " (one pair: no spread yet, so no verdict)"))
+    write_section("cifar_peer", f"MorphNet vs prune-and-fine-tune at equal compute, {budget:.0%} FLOPs "
+                  "(benchmarks/cifar_morphnet.py)",
+                  'python benchmarks/cifar_morphnet.py --threads 1 --arms "baseline_s1,peer_50%_s1,morph_warm_50%_s1"',
+                  "Both arms start from the same trained baseline (15 epochs) of their seed and spend 15 more epochs: "
+                  "the peer prunes it with Torch-Pruning's global L2 magnitude pruner (ratio bisected to <= 50% "
+                  "FLOPs) and fine-tunes 15 epochs with the recipe; MorphNet warm regularizes 5 epochs (held "
+                  "learning rate, shrink target 45%), prunes exactly, widens to 50% keeping every alive weight, and "
+                  "fine-tunes 10 epochs. Epoch ledger: baseline + the arm's own epochs. Train minutes are the sum "
+                  "of the epochs' own times (arms ran two side by side, 1 thread each, so minutes compare only "
+                  "roughly). A difference counts only when it is larger than the spread of the pairs.\n\n"
+                  + "\n".join(rows))
 
 
 if __name__ == "__main__":

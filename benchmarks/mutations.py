@@ -63,6 +63,12 @@ MUTATIONS = [
              (T + "cli/test_report.py",)),
     Mutation("controller step 1", "morph.py", "step: float = 1.5,", "step: float = 1.0,",
              (T + "test_morph.py::test_strength_controller_reaches_the_shrink_target_without_a_given_strength",)),
+    Mutation("controller checks once an epoch", "morph.py", "check = max(1, steps // checks)", "check = steps",
+             (T + "test_controller.py::test_from_trained_weights_a_first_strength_ten_times_short_is_caught_up_within"
+              "_the_epochs",)),
+    Mutation("floor bisection without halving", "regularizers.py", "lo, hi = 0.5, 1.0", "lo, hi = 0.0, 1.0",
+             (T + "test_controller.py::test_a_strength_a_million_times_too_large_still_moves_the_network_only_down_"
+              "to_the_floor",)),
     Mutation("prune without constant folding", "surgery.py",
              "            elif shift.abs().max() > 0:\n                _fold(new, graph, name, shift)",
              "            elif False:\n                _fold(new, graph, name, shift)",

@@ -89,3 +89,34 @@ def test_the_learning_rate_is_held_while_the_structure_is_learned():
     assert learning_rate(99, 100, r) < 1e-3                 # the one-cycle schedule decays to ~0
     with pytest.raises(ValueError, match="schedule must be"):
         learning_rate(0, 10, dataclasses.replace(r, schedule="cosine"))
+
+
+def test_a_strength_a_million_times_too_large_still_moves_the_network_only_down_to_the_floor():
+    torch.manual_seed(0)
+    model, x = Chain(16, 4), torch.randn(1, 3, 8, 8)
+    reg = netmorph.GammaFlopsRegularizer(model, x)
+    with torch.no_grad():
+        model.bn1.weight.copy_(torch.linspace(0.1, 1.6, 16))   # distinct values: one dies at a time
+    full = reg.cost()
+    floor = full - 3.5 * full / 16                             # room for three of conv1's 16 channels to die
+    reg.proximal_step(0.1, 1e6 / full, floor=floor)            # a full step would kill every channel
+    assert floor <= reg.cost() < full
+    assert int((model.bn1.weight == 0).sum()) == 3             # the three smallest, and only them
+    assert torch.all(model.bn1.weight[:3] == 0) and torch.all(model.bn1.weight[3:] > 0)
+
+
+def test_from_trained_weights_a_first_strength_ten_times_short_is_caught_up_within_the_epochs():
+    """The CIFAR warm start in miniature: few regularized epochs, trained weights resisting the pull,
+    a first strength far too weak; the checks within each epoch ramp it up in time."""
+    torch.manual_seed(0)
+    train, val = problem()
+    model = tiny_cnn(num_classes=4, width=0.5)
+    example = train[0][:1]
+    recipe = Recipe(epochs=4, batch_size=64, lr=0.05, crop_padding=0, flip=False)
+    fit(model, train, val, dataclasses.replace(recipe, epochs=8), log=lambda s: None)
+    full = netmorph.count_flops(model, example)
+    lines = []
+    structure, cost, info = regularize(model, train, val, example, 0.5 * full, recipe, strength=1e-3,
+                                       log=lines.append)
+    assert info.reached_target and in_band(cost, 0.5 * full), lines
+    assert info.strength_history[1] > 10 * info.strength_history[0], lines   # it had to be ramped

@@ -7,9 +7,10 @@ expand it uniformly to the **budget**; rebuild a freshly initialized network of 
 the last round the final structure is trained from scratch without the regularizer.
 
 The strength controller: the strength is kept in units of ``1 / initial cost`` (MorphNet's scale).
-After every epoch the alive cost is compared with a target path that falls linearly from the
-current cost to the shrink target over the first ``approach`` fraction of the epochs; above the path
-the strength grows by ``step``, below it shrinks by ``step``. No strength is asked of the user.
+Eight times an epoch the alive cost is compared with a target path that falls linearly from the
+current cost to the shrink target over the first ``approach`` fraction of the epochs; while nothing
+has died the strength grows by ``step`` at each check, above the path by ``step**2`` an epoch, below
+it it shrinks as fast. No strength is asked of the user.
 """
 from __future__ import annotations
 
@@ -144,17 +145,19 @@ def revive(reg, target: float, death: np.ndarray, last_value: np.ndarray) -> lis
 
 
 def regularize(model, train, val, example_inputs, target: float, recipe: Recipe, resource="flops",
-               hardware=None, strength: float | None = None, approach: float = 0.6, step: float = 1.5,
+               hardware=None, strength: float | None = None, approach: float = 0.6, step: float = 1.5, checks: int = 8,
                log: Callable = print, on_batch=None, stop=None, state: dict | None = None,
                checkpoint: Callable | None = None, schedule: str = "constant") -> tuple[Structure, float, Round]:
     """Train ``model`` with the regularizer, steering the alive cost into ``[0.98, 1.02] * target``;
     return the structure chosen on the validation split, its cost, and the history.
 
     The controller: the learning rate is held at its peak after the warm-up (``schedule``; MorphNet's
-    advice: a decaying rate would take the proximal pull with it). After every epoch the strength is
-    multiplied by ``step`` (``step**2`` while no channel has died) if the alive cost is behind a path
-    falling from the start to the target over the first ``approach`` of the steps, divided by it if
-    ahead, and left alone on the path or inside the band. The pull acts only while the alive cost is
+    advice: a decaying rate would take the proximal pull with it). ``checks`` times an epoch the
+    strength is multiplied by ``step`` while no channel has died (trained weights resist the pull far
+    more than a fresh network, and a first guess can be 10x short), by ``step**(2/checks)`` (so
+    ``step**2`` an epoch) if the alive cost is behind a path falling from the start to the target over
+    the first ``approach`` of the steps, divided by that if ahead, and left alone on the path or
+    inside the band. The pull acts only while the alive cost is
     above both the path and the band (checked before every step), and a step that would take it
     more than 4% below the path or below the band is shortened, so the network cannot shrink much
     faster than the path, nor below the band, whatever the strength. A channel dies when its value falls to the
@@ -198,11 +201,26 @@ def regularize(model, train, val, example_inputs, target: float, recipe: Recipe,
         """The cost the network may have shrunk to by ``step``: a line from the start to the target."""
         return max(target, initial - (initial - target) * step / approach_steps)
 
+    check = max(1, steps // checks)
+
+    def steer(s: int) -> float:
+        """The strength at step ``s``, adjusted every ``check`` steps by where the alive cost is against
+        the path (a function of the weights and the step only, so a resumed run steers the same)."""
+        if s % check == 0 and s > 0:
+            cost, on_path = reg.cost(), path(s)
+            if cost >= initial:                                # nothing has died yet: far too weak
+                state["strength"] *= step
+            elif cost > 1.01 * max(on_path, BAND[1] * target):   # behind the path
+                state["strength"] *= step ** (2 / checks)
+            elif cost < 0.99 * min(on_path, BAND[0] * target) or (cost < 0.99 * on_path and on_path > target):
+                state["strength"] /= step ** (2 / checks)      # ahead of it: the brake had to hold it back
+        return state["strength"] / initial
+
     stepper = dist.wrap(model)
     for epoch in range(state["epoch"], recipe.epochs):
         strength = state["strength"]
         try:
-            train_epoch(stepper, opt, *train, recipe, epoch, gen, reg, strength / initial, on_batch,
+            train_epoch(stepper, opt, *train, recipe, epoch, gen, reg, steer, on_batch,
                         position=state["position"], stop=stop,
                         pull_above=lambda s: (max(BAND[1] * target, path(s + 1)),
                                               max(BAND[0] * target, 0.96 * path(s + 1))))
@@ -233,12 +251,6 @@ def regularize(model, train, val, example_inputs, target: float, recipe: Recipe,
         log(f"epoch {epoch + 1}/{recipe.epochs}: alive {resource} {cost:,.0f} ({cost / initial:.0%}), target path "
             f"{on_path:,.0f}, strength {strength:.3g}/cost, val acc {val_acc:.4f}"
             + (f", {len(back)} channels revived" if back else ""))
-        if cost >= initial:                     # nothing has died yet: the pull is far too weak
-            state["strength"] = strength * step * step
-        elif cost > 1.01 * max(on_path, BAND[1] * target):     # behind the path
-            state["strength"] = strength * step
-        elif cost < 0.99 * min(on_path, BAND[0] * target) or (cost < 0.99 * on_path and on_path > target):
-            state["strength"] = strength / step                # ahead of it: the brake had to hold it back
         state["epoch"] = epoch + 1
         save()
     best = state["best"]

@@ -184,7 +184,9 @@ class _Regularizer:
         The channel :meth:`alive` keeps for a layer whose channels all died is left as it is.
 
         ``floor``: a cost this step may not take the network below. A full step that would is
-        shortened (bisected) to the largest fraction of it that keeps :meth:`cost` at or above the floor.
+        shortened to the largest fraction of it that keeps :meth:`cost` at or above the floor (found
+        by halving until one does, down to 2**-40, then bisecting between the last two fractions), so
+        even a strength far too large moves the network only down to the floor.
         """
         if floor is None:
             return self._prox_and_silence(lr * strength)
@@ -197,8 +199,17 @@ class _Regularizer:
         self._prox_and_silence(lr * strength)
         if self.cost() >= floor:
             return
-        lo, hi = 0.0, 1.0
-        for _ in range(12):
+        lo, hi = 0.5, 1.0
+        while True:                                   # halve until a fraction keeps the floor
+            restore()
+            self._prox_and_silence(lr * strength * lo)
+            if self.cost() >= floor:
+                break
+            if lo < 2 ** -40:
+                lo = 0.0
+                break
+            lo, hi = lo / 2, lo
+        for _ in range(12 if lo > 0 else 0):
             mid = (lo + hi) / 2
             restore()
             self._prox_and_silence(lr * strength * mid)

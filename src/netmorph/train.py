@@ -103,7 +103,9 @@ def train_epoch(model, opt, x, y, recipe: Recipe, epoch: int, generator: torch.G
                 pull_above=None) -> float:
     """One epoch of the recipe; returns the mean training loss.
 
-    With ``reg`` and ``strength``, every step ends with ``reg.proximal_step``; with ``pull_above`` (a
+    With ``reg`` and ``strength`` (a number, or a function of the step number counted from the start
+    of training, called once per step after the optimizer's step), every step ends with
+    ``reg.proximal_step``; with ``pull_above`` (a
     pair of costs ``(above, floor)``, or a function of the step number counted from the start of
     training that returns one), only while ``reg.cost()`` is above ``above``, and a step that would
     take it below ``floor`` is shortened (a brake that depends only on the weights and the step,
@@ -142,9 +144,11 @@ def train_epoch(model, opt, x, y, recipe: Recipe, epoch: int, generator: torch.G
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        above, floor = (pull_above(step) if callable(pull_above) else pull_above) or (None, None)
-        if reg is not None and strength and (above is None or reg.cost() > above):
-            reg.proximal_step(lr, strength, floor=floor)
+        if reg is not None and strength:
+            k = strength(step) if callable(strength) else strength
+            above, floor = (pull_above(step) if callable(pull_above) else pull_above) or (None, None)
+            if k and (above is None or reg.cost() > above):
+                reg.proximal_step(lr, k, floor=floor)
         losses.append(dist.mean(loss.item()))
         if on_batch is not None:
             on_batch(i, steps_per_epoch, losses[-1])
