@@ -8,17 +8,42 @@ every rank learns the same structure. Only rank 0 writes files (:func:`is_main`)
 """
 from __future__ import annotations
 
+import datetime
 import os
 
 import torch
 import torch.distributed as td
 
 
+#: seconds a rank waits for the others in one collective before the run stops with an error
+#: (``NETMORPH_DIST_TIMEOUT``; torch's default is 30 minutes): every training step holds a collective,
+#: so a rank that hangs or dies is noticed within this time
+TIMEOUT_ENV, TIMEOUT_DEFAULT = "NETMORPH_DIST_TIMEOUT", 60.0
+#: how long the other ranks wait at the end while rank 0 writes the report (tests and measures models)
+REPORT_WAIT = datetime.timedelta(hours=2)
+
+
 def setup() -> None:
-    """Join the process group torchrun describes in the environment (nothing without it)."""
+    """Join the process group torchrun describes in the environment (nothing without it), with a
+    collective timeout of ``NETMORPH_DIST_TIMEOUT`` seconds (default 60)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not td.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        td.init_process_group(backend)
+        text = os.environ.get(TIMEOUT_ENV, str(TIMEOUT_DEFAULT))
+        try:
+            seconds = float(text)
+            assert seconds > 0
+        except (ValueError, AssertionError):
+            raise ValueError(f"{TIMEOUT_ENV} must be a number of seconds > 0, got {text!r}") from None
+        td.init_process_group(backend, timeout=datetime.timedelta(seconds=seconds))
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective that failed because another rank hung, died or left."""
+    if not active() or not isinstance(exc, RuntimeError):
+        return False
+    text = str(exc).lower()
+    return isinstance(exc, getattr(td, "DistBackendError", ())) or any(
+        w in text for w in ("timed out", "timeout", "connection closed", "connection reset", "gloo", "nccl"))
 
 
 def active() -> bool:
@@ -73,5 +98,8 @@ def finish(ok: bool) -> None:
     late one; after a failure there is no wait, as the other ranks may never arrive."""
     if active():
         if ok:
-            td.barrier()
+            if td.get_backend() == "gloo":
+                td.monitored_barrier(timeout=REPORT_WAIT)
+            else:
+                td.barrier()
         td.destroy_process_group()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 import math
 import os
 from pathlib import Path
@@ -32,7 +33,7 @@ from .resize import apply_structure
 from .safeload import load_torch
 from .structure import Structure
 from .surgery import prune
-from . import dist
+from . import dist, faults
 from .train import Interrupted, Recipe, evaluate as accuracy, fit, learning_rate, make_optimizer, train_epoch
 
 FAMILY = {("gamma", "flops"): R.GammaFlopsRegularizer, ("gamma", "size"): R.GammaModelSizeRegularizer,
@@ -96,11 +97,27 @@ class Round:
 
 
 def save_atomic(obj, path) -> None:
-    """``torch.save`` through a temporary file, so a crash never leaves a half-written checkpoint."""
+    """``torch.save`` through a temporary file (synced to disk, then renamed over ``path``), so a
+    crash, a kill or a full disk never leaves a half-written checkpoint: ``path`` holds either the
+    previous file or the new one. A write that fails (no space left, say) removes the temporary file
+    and raises :class:`OSError` naming ``path`` and saying that the previous checkpoint is kept."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getbuffer()
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data[:len(data) // 2])
+            faults.point("checkpoint-write")
+            fh.write(data[len(data) // 2:])
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        kept = "the previous checkpoint is kept" if path.exists() else "there is no earlier checkpoint"
+        raise OSError(exc.errno, f"could not write {path} ({exc.strerror or exc}); {kept}") from exc
 
 
 #: the shrink target's band: the controller steers the alive cost into it and the pick reads from it

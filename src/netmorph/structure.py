@@ -53,8 +53,12 @@ class Structure(Mapping):
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "Structure":
-        if "widths" not in data:
+        if not isinstance(data, Mapping) or not isinstance(data.get("widths"), Mapping):
             raise ValueError("not a netmorph structure: the JSON has no 'widths' object")
+        bad = [k for k, v in data["widths"].items() if not isinstance(v, int) or isinstance(v, bool) or v < 0]
+        if bad:
+            raise ValueError(f"not a netmorph structure: the width of {bad[0]!r} is {data['widths'][bad[0]]!r}, "
+                             "not a whole number of channels")
         return cls(data["widths"], data.get("original") or None, data.get("input_shapes"))
 
     def save(self, path) -> None:
@@ -66,9 +70,14 @@ class Structure(Mapping):
             data = json.loads(Path(path).read_text())
         except FileNotFoundError:
             raise FileNotFoundError(f"structure file {path} does not exist") from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"structure file {path} is not valid JSON: {exc}") from None
-        return cls.from_dict(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"structure file {path} is damaged (not valid JSON: {exc}); write it again (netmorph "
+                             "saves it as final/structure.json) or restore a copy") from None
+        try:
+            return cls.from_dict(data)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ValueError(f"structure file {path} is not a netmorph structure ({exc}); write it again or "
+                             "restore a copy") from None
 
     # -- reading -----------------------------------------------------------------------------
     def table(self) -> str:

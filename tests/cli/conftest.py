@@ -91,6 +91,28 @@ def run_cli(*argv):
 
 
 QUICK = ("--epochs", "2", "--batch-size", "128", "--no-baseline")
+#: the run the resume tests compare with: 3 epochs per stage, no baseline
+STRAIGHT = ("morph", "--epochs", "3", "--batch-size", "128", "--no-baseline")
+
+
+#: the TAS run the resume tests compare with: 2 epochs per stage
+TAS_STRAIGHT = ("tas", "--epochs", "2", "--search-epochs", "2", "--batch-size", "128", "--tolerance", "0.1")
+
+
+@pytest.fixture(scope="package")
+def tas_straight_run(tmp_path_factory):
+    """One uninterrupted quick TAS run (:data:`TAS_STRAIGHT`), shared by the tests of ``tests/cli``."""
+    out = tmp_path_factory.mktemp("tas_straight") / "run"
+    assert run_cli(*TAS_STRAIGHT, "--out", out) == 0
+    return out
+
+
+@pytest.fixture(scope="package")
+def straight_run(tmp_path_factory):
+    """One uninterrupted quick run (:data:`STRAIGHT`), shared by the tests of ``tests/cli``."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    assert run_cli(*STRAIGHT, "--out", out) == 0
+    return out
 
 
 def run_reload_code(metrics_md: str, run_dir):

@@ -26,14 +26,6 @@ def learned(out):
     return json.loads((out / "round1_learned_structure.json").read_text())["widths"]
 
 
-@pytest.fixture(scope="module")
-def straight_run(tmp_path_factory):
-    """One uninterrupted quick run (3 epochs per stage, no baseline), shared by the tests below."""
-    out = tmp_path_factory.mktemp("straight") / "run"
-    assert run_cli("morph", "--epochs", "3", "--batch-size", "128", "--no-baseline", "--out", out) == 0
-    return out
-
-
 def test_run_directory_holds_structures_model_metrics_and_pictures(straight_run):
     out = straight_run
     for name in FILES:

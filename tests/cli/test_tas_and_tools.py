@@ -11,7 +11,7 @@ from netmorph.datasets import load_data
 from netmorph.morph import make_regularizer
 from netmorph.train import Recipe, evaluate, fit
 
-from .conftest import NEEDS_DIGITS, ctrl_c_at, run_cli, run_reload_code
+from .conftest import NEEDS_DIGITS, TAS_STRAIGHT, ctrl_c_at, run_cli, run_reload_code
 
 pytest.importorskip("sklearn", reason=NEEDS_DIGITS)
 
@@ -125,17 +125,15 @@ def test_explain_prune_and_expand_commands(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_tas_ctrl_c_then_resume_gives_the_uninterrupted_result(tmp_path):
-    argv = ["tas", "--epochs", "2", "--search-epochs", "2", "--batch-size", "128", "--tolerance", "0.1"]
-    assert run_cli(*argv, "--out", tmp_path / "straight") == 0
+def test_tas_ctrl_c_then_resume_gives_the_uninterrupted_result(tas_straight_run, tmp_path):
     out = tmp_path / "run"
-    err = ctrl_c_at([*argv, "--out", out], tmp_path / "stderr.txt", "checkpoint TAS search")  # 1st epoch saved
+    err = ctrl_c_at([*TAS_STRAIGHT, "--out", out], tmp_path / "stderr.txt", "checkpoint TAS search")  # 1st epoch saved
     assert "Traceback" not in err and "netmorph tas --resume --out" in err
     assert not (out / "metrics.json").exists()
     assert torch.load(out / "search.pt", weights_only=True)["epoch"] >= 1     # stopped after a saved epoch
     assert run_cli("tas", "--resume", "--out", out) == 0
     a = json.loads((out / "metrics.json").read_text())
-    b = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    b = json.loads((tas_straight_run / "metrics.json").read_text())
     assert a["structure"] == b["structure"]
     assert [h["flops"] for h in a["search_history"]] == [h["flops"] for h in b["search_history"]]
     assert [h["val_acc"] for h in a["kd_history"]] == [h["val_acc"] for h in b["kd_history"]]

@@ -11,7 +11,7 @@ import sys
 from .. import dist
 from ..graph import GraphRecordError
 from . import morph_cmd, tas_cmd, tools_cmd
-from .common import UsageError, say
+from .common import UsageError, say, unlock_out
 
 
 class Parser(argparse.ArgumentParser):
@@ -56,12 +56,27 @@ def main(argv=None) -> int:
         _mark_failed(args, exc)
         print(f"netmorph: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+    except OSError as exc:                 # a full disk, a lost mount: the last complete checkpoint is kept
+        out = getattr(args, "out", None)
+        then = (f"; free space (or fix the disk) and continue with: netmorph {args.command} --resume --out {out}"
+                if out and getattr(args, "command", None) in ("morph", "tas") else "")
+        print(f"netmorph: error: {_one_line(exc)}{then}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        if not dist.lost_peer(exc):
+            raise
+        out = getattr(args, "out", None)
+        print(f"netmorph: error: rank {dist.rank()} lost the other ranks ({_one_line(exc)[:300]}): one of them hung "
+              f"or died; the last checkpoint is kept: continue with: torchrun ... -m netmorph {args.command} "
+              f"--resume --out {out}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
         where = f"netmorph {args.command} --resume --out {out}" if out else "--resume"
         say(f"interrupted; the last checkpoint (end of the previous epoch) is kept: continue with {where}")
         return 130
     finally:
+        unlock_out()
         dist.finish(ok)
 
 

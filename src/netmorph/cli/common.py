@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .. import dist
+from .. import dist, faults
 from ..costs import HARDWARE, get_hardware
 from ..safeload import load_state_dict, load_torch
 from ..models import MODELS
@@ -204,6 +204,59 @@ def prepare_out(out: str | None, command: str, model: str, resume: bool) -> Path
     return path
 
 
+_LOCKS: list = []
+
+
+def lock_out(path: Path) -> None:
+    """Hold an exclusive lock on the run directory ``path`` (its ``.lock`` file, with this process's
+    id) until the process ends; a usage error if another live process holds it. The operating system
+    drops the lock when its holder dies, however it dies, so a killed run's directory can be resumed
+    at once. Rank 0 only; on systems without ``fcntl`` (Windows) no lock is taken."""
+    if not dist.is_main():
+        return
+    try:
+        import fcntl
+    except ImportError:
+        return
+    fh = open(path / ".lock", "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise UsageError(f"{path} is in use by another netmorph run (process {holder}): wait for it to finish, or "
+                         "stop it and continue with --resume; or choose another --out") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    _LOCKS.append(fh)
+
+
+def unlock_out() -> None:
+    """Release the run directory's lock (at the end of the command; a dead process's goes by itself).
+    A finished run's directory (``metrics.json`` written) loses its ``.lock`` file too."""
+    while _LOCKS:
+        fh = _LOCKS.pop()
+        path = Path(fh.name)
+        if (path.parent / COMPLETE).exists():
+            path.unlink(missing_ok=True)
+        fh.close()
+
+
+def read_config(path: Path) -> dict:
+    """The run directory's ``config.json``; a usage error naming it if it is damaged."""
+    try:
+        saved = json.loads((path / "config.json").read_text())
+        if not isinstance(saved, dict) or not isinstance(saved.get("args"), dict):
+            raise ValueError("no 'args' object")
+        return saved
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--resume: {path / 'config.json'} is damaged ({exc}); it holds the run's flags: start a "
+                         "new run, or restore the file") from None
+
+
 def write_json(path: Path, data) -> None:
     if dist.is_main():
         tmp = path.with_name(path.name + ".tmp")
@@ -310,6 +363,7 @@ class Progress:
             self.bar.stop()
 
     def stage(self, name: str, epochs: int, steps_per_epoch: int) -> None:
+        faults.point(f"stage {name}")
         say(f"== {name} ({epochs} epochs)")
         self.stage_name, self.stage_steps = name, 0
         if self.bar is not None:
@@ -319,5 +373,6 @@ class Progress:
         if i == 0 and self.stage_steps:          # a later epoch began: the one before is checkpointed
             notify(f"checkpoint {self.stage_name}")
         self.stage_steps += 1
+        faults.point("step")
         if self.bar is not None and self.task is not None:
             self.bar.update(self.task, advance=1, loss=f"{loss:.3f}")

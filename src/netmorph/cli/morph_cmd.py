@@ -171,7 +171,7 @@ def restore(args, command: str) -> None:
     """With ``--resume``, the flags the run was started with (saved in its config.json) replace these."""
     if args.resume:
         out = C.prepare_out(args.out, command, args.model, resume=True)
-        saved = json.loads((out / "config.json").read_text())
+        saved = C.read_config(out)
         if saved.get("command") != command:
             raise C.UsageError(f"--resume: {out} is a 'netmorph {saved.get('command')}' run, not '{command}'")
         args.__dict__.update({k: v for k, v in saved["args"].items() if k not in ("resume", "out")})
@@ -202,6 +202,7 @@ def run(args) -> int:
 
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
+        C.lock_out(out)
         (out / "FAILED.txt").unlink(missing_ok=True)
         C.write_json(out / "config.json", {"command": "morph", "args": {k: v for k, v in vars(args).items()
                                                                         if k != "run"},

@@ -67,6 +67,7 @@ def run(args) -> int:
     if dist.active():
         raise C.UsageError("netmorph tas runs in one process (its search is not data-parallel); drop torchrun")
     out.mkdir(parents=True, exist_ok=True)
+    C.lock_out(out)
     (out / "FAILED.txt").unlink(missing_ok=True)
     C.write_json(out / "config.json", {"command": "tas", "args": {k: v for k, v in vars(args).items() if k != "run"},
                                        "torch": torch.__version__})
