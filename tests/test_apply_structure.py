@@ -1,4 +1,5 @@
 """apply_structure: narrower (like prune), wider (old weights kept, new ones initialized), errors."""
+import numpy as np
 import pytest
 import torch
 
@@ -177,3 +178,32 @@ def test_layers_reading_frozen_channels_keep_their_weights_in_place():
     assert torch.equal(wide.c2.weight[:6], model.c2.weight)               # frozen inputs, same order
     back = netmorph.apply_structure(wide, {"c2": 6}, keep="first", example_inputs=x)
     assert torch.allclose(outputs(back, x), outputs(model, x), atol=1e-6)
+
+
+def test_a_concat_into_a_grouped_conv_is_pruned_channel_by_channel_and_refused_by_width():
+    """Found by tests/test_fuzz_graphs.py: two concat branches each feeding one group of a grouped conv
+    share one channel group unevenly (each branch covers half of it). prune removes a dead half
+    exactly; a width cannot say which half goes, so apply_structure refuses, naming the layer,
+    instead of a ZeroDivisionError or a misleading 'tied' error."""
+    from tests.fuzz_nets import Net, randomize_norms
+    torch.manual_seed(0)
+    model = Net([("concat", 2, 1), ("grouped", 1, 1)], stem=2).eval()
+    randomize_norms(model, torch.Generator().manual_seed(0))
+    x = torch.randn(2, 3, 8, 8)
+    reg = netmorph.GammaFlopsRegularizer(model, x)
+    b = reg.graph.layers["blocks.0.b.0"].out
+    reg.zero_channels(np.unique(b))                          # branch b dead: the grouped conv's second group
+    with torch.no_grad():
+        before = model(x)
+    small = netmorph.prune(model, reg)
+    with torch.no_grad():
+        assert torch.allclose(small(x), before, atol=1e-5)
+    assert netmorph.count_flops(small, x) == reg.cost() < netmorph.count_flops(model, x)
+    learned = reg.structure()
+    assert (learned["blocks.0.a.0"], learned["blocks.0.b.0"], learned["blocks.1.f.0"]) == (2, 0, 1)
+    with pytest.raises(ValueError, match="'blocks.0.b.0' covers its group's channels unevenly"):
+        netmorph.apply_structure(model, learned, example_inputs=x)
+    with pytest.raises(ValueError, match="unevenly"):
+        netmorph.apply_structure(model, {"blocks.1.f.0": 1}, example_inputs=x)
+    same = netmorph.apply_structure(model, {"blocks.0.a.0": 2, "blocks.1.f.0": 2}, example_inputs=x)
+    assert netmorph.count_flops(same, x) == netmorph.count_flops(model, x)

@@ -48,6 +48,7 @@ def group_targets(graph: ChannelGraph, widths: Mapping[str, int]) -> dict[int, i
         raise ValueError(f"structure names layers the model does not have (or whose width the channel graph "
                          f"does not control): {', '.join(unknown[:5])}; layers are: {', '.join(list(graph.layers)[:8])}, ...")
     targets: dict[int, tuple[int, str]] = {}
+    uneven: dict[int, str] = {}
     for name, width in widths.items():
         layer = graph.layers[name]
         gid = int(graph.group_of[layer.out[0]])
@@ -56,6 +57,15 @@ def group_targets(graph: ChannelGraph, widths: Mapping[str, int]) -> dict[int, i
             if width != layer.width:
                 raise ValueError(f"'{name}' cannot change width: {group.frozen}")
             continue
+        counts = np.unique(np.asarray(layer.out), return_counts=True)
+        if len(counts[0]) != group.width or len(set(counts[1].tolist())) != 1:
+            if width == layer.width:           # unchanged: the whole group must then stay (checked below)
+                uneven.setdefault(gid, name)
+                continue
+            raise ValueError(f"'{name}' covers its group's channels unevenly (it feeds only some groups of a grouped "
+                             f"conv, or some of a concat's inputs feeding one): a width says how many channels stay, "
+                             f"not which, so apply_structure and expand cannot set it ({layer.width} -> {width}); "
+                             "remove dead channels channel by channel with netmorph.prune instead")
         mult = layer.width // group.width
         if width % mult:
             raise ValueError(f"width {width} of '{name}' must be a multiple of {mult} (it has {mult} output "
@@ -66,6 +76,17 @@ def group_targets(graph: ChannelGraph, widths: Mapping[str, int]) -> dict[int, i
             raise ValueError(f"'{name}' and '{other}' are tied (their channels change together) but were given "
                              f"widths {width} and {widths[other]}")
         targets[gid] = (target, name)
+    for other, layer in graph.layers.items():         # every uneven layer, named or not
+        gid = int(graph.group_of[layer.out[0]])
+        counts = np.unique(np.asarray(layer.out), return_counts=True)
+        if len(counts[0]) != graph.groups[gid].width or len(set(counts[1].tolist())) != 1:
+            uneven.setdefault(gid, other)
+    for gid, name in uneven.items():
+        if gid in targets and targets[gid][0] != graph.groups[gid].width:
+            raise ValueError(f"'{name}' covers its group's channels unevenly (it feeds only some groups of a grouped "
+                             f"conv, or some of a concat's inputs feeding one), so its group cannot change width "
+                             f"('{targets[gid][1]}' asks for {widths[targets[gid][1]]}); remove dead channels "
+                             "channel by channel with netmorph.prune instead")
     gone = graph.dead_towers({g for g, (t, _) in targets.items() if t == 0 and graph.removable(graph.groups[g])})
     for gid, (target, name) in targets.items():
         if target == 0 and gid not in gone:
@@ -183,8 +204,8 @@ def resize(model: nn.Module, graph: ChannelGraph, orders: dict[int, list], examp
     with torch.no_grad():
         for name, layer in graph.layers.items():
             module = model.get_submodule(name)
-            out_w = _width(graph, layer.out, new_width)
-            in_w = _width(graph, layer.inputs, new_width)
+            out_w = _width(graph, layer.out, new_width, orders)
+            in_w = _width(graph, layer.inputs, new_width, orders)
             if out_w == layer.width and in_w == len(layer.inputs):
                 continue
             if out_w == 0:
@@ -198,7 +219,7 @@ def resize(model: nn.Module, graph: ChannelGraph, orders: dict[int, list], examp
                 _put(new, name, _fresh_layer(module, in_w, out_w, groups))
                 rebuilt.add(name)
         for name, cls in graph.norms.items():
-            n = _width(graph, cls, new_width)
+            n = _width(graph, cls, new_width, orders)
             module = model.get_submodule(name)
             if n != len(cls):
                 _put(new, name, _fresh_norm(module, n) if n else nn.Identity())
@@ -211,12 +232,19 @@ def resize(model: nn.Module, graph: ChannelGraph, orders: dict[int, list], examp
 
 
 # -- widths -----------------------------------------------------------------------------------
-def _width(graph, cls: np.ndarray, new_width) -> int:
-    """New length of a channel list (layer outputs, norm channels): each group scales by its ratio."""
+def _width(graph, cls: np.ndarray, new_width, orders=None) -> int:
+    """New length of a channel list (layer outputs, norm channels): each group scales by its ratio,
+    except where the list covers a group's channels unevenly (a concat input feeding some groups of
+    a grouped conv): there, with ``orders``, its positions whose channel is kept are counted."""
     total = 0
     for g in np.unique(graph.group_of[cls]).tolist():
-        n_old = int((graph.group_of[cls] == g).sum())
-        total += n_old * new_width[g] // graph.groups[g].width
+        mine = cls[graph.group_of[cls] == g]
+        ids, counts = np.unique(mine, return_counts=True)
+        if orders is not None and (len(ids) != graph.groups[g].width or len(set(counts.tolist())) > 1):
+            kept = {c for c in orders[g] if c is not None}
+            total += sum(int(c) in kept for c in mine.tolist())
+        else:
+            total += len(mine) * new_width[g] // graph.groups[g].width
     return total
 
 
