@@ -9,6 +9,7 @@ every rank learns the same structure. Only rank 0 writes files (:func:`is_main`)
 from __future__ import annotations
 
 import datetime
+import math
 import os
 
 import torch
@@ -31,10 +32,18 @@ def setup() -> None:
         text = os.environ.get(TIMEOUT_ENV, str(TIMEOUT_DEFAULT))
         try:
             seconds = float(text)
-            assert seconds > 0
-        except (ValueError, AssertionError):
-            raise ValueError(f"{TIMEOUT_ENV} must be a number of seconds > 0, got {text!r}") from None
+        except ValueError:
+            seconds = float("nan")
+        if not (math.isfinite(seconds) and 0 < seconds < 1e6):
+            raise ValueError(f"{TIMEOUT_ENV} must be a number of seconds > 0, got {text!r}")
         td.init_process_group(backend, timeout=datetime.timedelta(seconds=seconds))
+        global _END
+        # the end-of-run wait, while rank 0 writes the report, needs a timeout of its own: a collective's
+        # timeout is the group's, on every rank (monitored_barrier's applies to rank 0 only)
+        _END = td.new_group(backend="gloo", timeout=REPORT_WAIT)
+
+
+_END = None
 
 
 def lost_peer(exc: BaseException) -> bool:
@@ -98,8 +107,5 @@ def finish(ok: bool) -> None:
     late one; after a failure there is no wait, as the other ranks may never arrive."""
     if active():
         if ok:
-            if td.get_backend() == "gloo":
-                td.monitored_barrier(timeout=REPORT_WAIT)
-            else:
-                td.barrier()
+            td.barrier(group=_END)
         td.destroy_process_group()

@@ -7,10 +7,10 @@ expand it uniformly to the **budget**; rebuild a freshly initialized network of 
 the last round the final structure is trained from scratch without the regularizer.
 
 The strength controller: the strength is kept in units of ``1 / initial cost`` (MorphNet's scale).
-Eight times an epoch the alive cost is compared with a target path that falls linearly from the
-current cost to the shrink target over the first ``approach`` fraction of the epochs; while nothing
-has died the strength grows by ``step`` at each check, above the path by ``step**2`` an epoch, below
-it it shrinks as fast. No strength is asked of the user.
+Every ``steps // 8`` steps (about eight times an epoch) the alive cost is compared with a target
+path that falls linearly from the current cost to the shrink target over the first ``approach``
+fraction of the epochs; while nothing has died the strength grows by ``step`` at each check, above
+the path by ``step**(1/4)`` per check (about ``step**2`` an epoch), below it shrinks as fast. No strength is asked of the user.
 """
 from __future__ import annotations
 
@@ -117,7 +117,9 @@ def save_atomic(obj, path) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         kept = "the previous checkpoint is kept" if path.exists() else "there is no earlier checkpoint"
-        raise OSError(exc.errno, f"could not write {path} ({exc.strerror or exc}); {kept}") from exc
+        err = OSError(f"could not write {path} ({exc.strerror or exc}); {kept}")
+        err.errno = exc.errno                # a plain OSError (not FileNotFoundError & co.), errno kept
+        raise err from exc
 
 
 #: the shrink target's band: the controller steers the alive cost into it and the pick reads from it
@@ -169,9 +171,9 @@ def regularize(model, train, val, example_inputs, target: float, recipe: Recipe,
     return the structure chosen on the validation split, its cost, and the history.
 
     The controller: the learning rate is held at its peak after the warm-up (``schedule``; MorphNet's
-    advice: a decaying rate would take the proximal pull with it). ``checks`` times an epoch the
-    strength is multiplied by ``step`` while no channel has died (trained weights resist the pull far
-    more than a fresh network, and a first guess can be 10x short), by ``step**(2/checks)`` (so
+    advice: a decaying rate would take the proximal pull with it). Every ``steps_per_epoch // checks``
+    steps (at least every step) the strength is multiplied by ``step`` while no channel has died (trained weights resist the pull far
+    more than a fresh network, and a first guess can be 10x short), by ``step**(2/checks)`` (about
     ``step**2`` an epoch) if the alive cost is behind a path falling from the start to the target over
     the first ``approach`` of the steps, divided by that if ahead, and left alone on the path or
     inside the band. The pull acts only while the alive cost is
@@ -235,7 +237,9 @@ def regularize(model, train, val, example_inputs, target: float, recipe: Recipe,
 
     stepper = dist.wrap(model)
     for epoch in range(state["epoch"], recipe.epochs):
-        strength = state["strength"]
+        if state["position"] is None:                # a fresh epoch: its starting strength is the record
+            state["epoch_strength"] = state["strength"]
+        strength = state.get("epoch_strength", state["strength"])
         try:
             train_epoch(stepper, opt, *train, recipe, epoch, gen, reg, steer, on_batch,
                         position=state["position"], stop=stop,

@@ -106,6 +106,7 @@ def test_ctrl_c_checkpoints_and_resume_gives_the_uninterrupted_result(straight_r
     a = json.loads((out / "metrics.json").read_text())
     b = json.loads((straight_run / "metrics.json").read_text())
     assert a["rounds"][0]["cost_history"] == b["rounds"][0]["cost_history"]
+    assert a["rounds"][0]["strength_history"] == b["rounds"][0]["strength_history"]
     assert [h["val_acc"] for h in a["final_history"]] == [h["val_acc"] for h in b["final_history"]]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .. import dist
 from ..graph import GraphRecordError
@@ -40,9 +41,9 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    dist.setup()
     ok = False
     try:
+        dist.setup()
         code = args.run(args)
         ok = code == 0
         return code
@@ -58,8 +59,9 @@ def main(argv=None) -> int:
         return 1
     except OSError as exc:                 # a full disk, a lost mount: the last complete checkpoint is kept
         out = getattr(args, "out", None)
+        resumable = out and getattr(args, "command", None) in ("morph", "tas") and (Path(out) / "config.json").exists()
         then = (f"; free space (or fix the disk) and continue with: netmorph {args.command} --resume --out {out}"
-                if out and getattr(args, "command", None) in ("morph", "tas") else "")
+                if resumable else "")
         print(f"netmorph: error: {_one_line(exc)}{then}", file=sys.stderr)
         return 1
     except RuntimeError as exc:

@@ -199,7 +199,7 @@ def prepare_out(out: str | None, command: str, model: str, resume: bool) -> Path
                              "without --resume")
         if (path / COMPLETE).exists():
             raise UsageError(f"--resume: the run in {path} is already finished ({COMPLETE} exists)")
-    elif path.exists() and any(path.iterdir()):
+    elif path.exists() and any(p.name != ".lock" for p in path.iterdir()):   # a run killed at its very start
         raise UsageError(f"run directory {path} already exists: continue it with --resume or choose another --out")
     return path
 
@@ -227,6 +227,9 @@ def lock_out(path: Path) -> None:
         fh.close()
         raise UsageError(f"{path} is in use by another netmorph run (process {holder}): wait for it to finish, or "
                          "stop it and continue with --resume; or choose another --out") from None
+    if (path / COMPLETE).exists():           # the run it waited on finished in the meantime
+        fh.close()
+        raise UsageError(f"--resume: the run in {path} is already finished ({COMPLETE} exists)")
     fh.seek(0)
     fh.truncate()
     fh.write(f"{os.getpid()}\n")
