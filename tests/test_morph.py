@@ -85,3 +85,32 @@ def test_interrupted_two_round_morph_resumes_to_the_uninterrupted_result(tmp_pat
         assert a.expanded.cost == b.expanded.cost and a.expanded.omega == b.expanded.omega
     assert [h["val_acc"] for h in straight["final_history"]] == [h["val_acc"] for h in resumed["final_history"]]
     assert straight["final_cost"] == resumed["final_cost"]
+
+
+@pytest.mark.parametrize("stop_at", [20, 40])            # mid-regularization, mid-final training (2 x 12 steps each)
+def test_a_model_with_dropout_resumes_to_the_uninterrupted_result(tmp_path, stop_at):
+    """Dropout draws from torch's global generator: the checkpoint carries its state, so a new process
+    (here: the global generator moved on in between) continues with the same masks."""
+    from torch import nn
+
+    from netmorph.train import Interrupted
+    train, val = problem()
+    build = lambda: nn.Sequential(tiny_cnn(num_classes=4, width=0.5), nn.Dropout(0.3))   # noqa: E731
+    example = train[0][:1]
+    recipe = Recipe(epochs=2, batch_size=64, lr=0.05, crop_padding=0, flip=False)
+    kw = dict(budget="100%", shrink="60%", recipe=recipe, log=lambda s: None)
+    straight = morph(build, train, val, example, **kw)
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] == stop_at
+    path = tmp_path / "state.pt"
+    with pytest.raises(Interrupted):
+        morph(build, train, val, example, checkpoint_path=path, stop=stop, **kw)
+    torch.rand(1000)                                       # another process: the global generator elsewhere
+    resumed = morph(build, train, val, example, checkpoint_path=path, **kw)
+    assert straight["rounds"][0].cost_history == resumed["rounds"][0].cost_history
+    assert [h["val_acc"] for h in straight["final_history"]] == [h["val_acc"] for h in resumed["final_history"]]
+    for (k, a), b in zip(straight["model"].state_dict().items(), resumed["model"].state_dict().values()):
+        assert torch.equal(a, b), k

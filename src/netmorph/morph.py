@@ -206,12 +206,14 @@ def regularize(model, train, val, example_inputs, target: float, recipe: Recipe,
         opt.load_state_dict(state["opt"])
         gen.set_state(state["generator"])
         reg = make_regularizer(model, example_inputs, resource, hardware)
+        if "torch_rng" in state:                 # the global generator (dropout, revived weights), as it was
+            torch.set_rng_state(state["torch_rng"])
     initial = state["initial"]
 
     def save(position=None):
         if checkpoint is not None:
             checkpoint({**state, "model": model.state_dict(), "opt": opt.state_dict(), "generator": gen.get_state(),
-                        "position": position})
+                        "torch_rng": torch.get_rng_state(), "position": position})
 
     steps = math.ceil(len(train[0]) / recipe.batch_size)
     approach_steps = max(1.0, approach * recipe.epochs * steps)
@@ -397,10 +399,13 @@ def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budg
         model.load_state_dict(done["model"])
         opt.load_state_dict(done["opt"])
         gen.set_state(done["generator"])
+        if "torch_rng" in done:
+            torch.set_rng_state(done["torch_rng"])
 
     def keep_final(epoch, opt, gen, hist, position=None):
         state["stage"] = "final"
         state["train"] = {"model": model.state_dict(), "opt": opt.state_dict(), "generator": gen.get_state(),
+                          "torch_rng": torch.get_rng_state(),
                           "epoch": epoch, "history": hist, "position": position}
         save()
     final_history = fit(model, train, val, final_recipe, log=log, checkpoint=keep_final,

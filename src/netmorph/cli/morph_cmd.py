@@ -134,12 +134,15 @@ def train_resumable(model, data, recipe, ckpt: Path, label: str, stop, progress,
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["opt"])
         gen.set_state(saved["generator"])
+        if "torch_rng" in saved:                 # the global generator (dropout): resumed as it was
+            torch.set_rng_state(saved["torch_rng"])
         if saved["epoch"] >= recipe.epochs and saved["position"] is None:
             return saved["history"]
 
     def keep(epoch, opt, gen, hist, position=None):
         if dist.is_main():
             save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "generator": gen.get_state(),
+                         "torch_rng": torch.get_rng_state(),
                          "epoch": epoch, "history": hist, "position": position}, ckpt)
     progress.stage(label, recipe.epochs - (saved["epoch"] if saved else 0),
                    math.ceil(len(data.train[0]) / recipe.batch_size))

@@ -52,6 +52,8 @@ def search(tas, train_w, train_a, epochs: int, batch_size: int = 64, w_lr: float
         a_opt.load_state_dict(state["a_opt"])
         generator.set_state(state["generator"])
         tas.generator.set_state(state["gumbel"])
+        if "torch_rng" in state:                 # the global generator (dropout): resumed as it was
+            torch.set_rng_state(state["torch_rng"])
         start, history = state["epoch"], list(state["history"])
     device = tas.alphas[0].device
     for epoch in range(start, epochs):
@@ -90,5 +92,5 @@ def search(tas, train_w, train_a, epochs: int, batch_size: int = 64, w_lr: float
         if checkpoint is not None:
             checkpoint(copy.deepcopy({"epoch": epoch + 1, "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
                                       "generator": generator.get_state(), "gumbel": tas.generator.get_state(),
-                                      "history": history, "tas": tas.state_dict()}))
+                                      "torch_rng": torch.get_rng_state(), "history": history, "tas": tas.state_dict()}))
     return history
