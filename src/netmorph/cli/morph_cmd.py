@@ -203,9 +203,16 @@ def run(args) -> int:
     reg_recipe = dataclasses.replace(recipe, epochs=args.reg_epochs or recipe.epochs)
     final_recipe = dataclasses.replace(recipe, epochs=args.final_epochs or recipe.epochs)
 
+    busy = None
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
-        C.lock_out(out)
+        try:
+            C.lock_out(out)
+        except C.UsageError as exc:
+            busy = exc
+    if dist.any_true(busy is not None):      # every rank stops with the same error, none waits for rank 0
+        raise busy or C.UsageError(f"{out} is in use by another netmorph run (rank 0 says which)")
+    if dist.is_main():
         (out / "FAILED.txt").unlink(missing_ok=True)
         C.write_json(out / "config.json", {"command": "morph", "args": {k: v for k, v in vars(args).items()
                                                                         if k != "run"},
