@@ -70,7 +70,15 @@ def expand(model, example_inputs, structure, budget: float, resource: str = "flo
     if budget < smallest:
         raise ValueError(f"budget {budget:,.6g} is below the smallest structure ({smallest:,.6g} {resource} with "
                          f"every changeable group at {round_to} channel(s)); raise the budget")
-    cost = lambda w: widths_cost(graph, _scaled(learned, w, round_to), resource, hw)  # noqa: E731
+    # groups whose channels a layer interleaves across tied pieces (a chunk reads them) cannot widen
+    # (resize refuses: new channels would land in the wrong piece): they grow at most back to their width
+    fixed = {int(graph.group_of[l.out[0]]) for l in graph.layers.values()
+             if 1 + int((l.out[1:] != l.out[:-1]).sum()) != len(np.unique(l.out))}
+
+    def scaled(omega):
+        return {g: min(w, graph.groups[g].width) if g in fixed else w
+                for g, w in _scaled(learned, omega, round_to).items()}
+    cost = lambda w: widths_cost(graph, scaled(w), resource, hw)  # noqa: E731
     lo, hi = 0.0, 1.0
     while cost(hi) <= budget:                     # omega may exceed 1
         lo, hi = hi, hi * 2
@@ -82,7 +90,7 @@ def expand(model, example_inputs, structure, budget: float, resource: str = "flo
             lo = mid
         else:
             hi = mid
-    widths = _scaled(learned, lo, round_to)
+    widths = scaled(lo)
     result = {}
     for name, layer in graph.layers.items():
         g = int(graph.group_of[layer.out[0]])
