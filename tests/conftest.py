@@ -50,3 +50,15 @@ class Chain(nn.Module):
 def x8():
     torch.manual_seed(0)
     return torch.randn(1, 3, 8, 8)
+
+
+def train_with_prox(model, reg, x, y, steps: int, pull: float, lr: float = 0.05) -> None:
+    """``steps`` full-batch SGD steps on cross-entropy, each followed by ``reg.proximal_step`` at the
+    strength ``pull / reg.cost()`` (the alive cost of that step)."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        reg.proximal_step(lr, pull / reg.cost())

@@ -7,6 +7,7 @@ from torch import nn
 import netmorph
 from netmorph.graph.removed import ConstantOutput, Vanished
 from netmorph.models import MODELS, get_model
+from tests.conftest import train_with_prox
 from tests.graph.rules.test_binary_cat import SE, TwoBranches
 from tests.graph.rules.test_conv import Depthwise, Grouped
 from tests.graph.rules.test_linear_reshape import ConvToLinear
@@ -149,13 +150,7 @@ def test_regularize_train_prune_reports_the_real_output_change():
     model = get_model("tiny", num_classes=4)
     x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 4, (64,))
     reg = netmorph.GammaFlopsRegularizer(model, x[:8])
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    for _ in range(80):
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        reg.proximal_step(0.05, 30 / reg.cost())
+    train_with_prox(model, reg, x, y, 80, 30)
     assert reg.cost() < 0.8 * netmorph.count_flops(model, x[:8])           # channels died
     small = netmorph.prune(model, reg)
     before = outputs(model, x[:8])

@@ -7,7 +7,7 @@ from torch import nn
 import netmorph
 from netmorph.models import MODELS, get_model
 from netmorph.regularizers import _prox_max_norm
-from tests.conftest import Chain, set_gammas
+from tests.conftest import Chain, set_gammas, train_with_prox
 
 FAMILIES = [netmorph.GammaFlopsRegularizer, netmorph.GammaModelSizeRegularizer,
             netmorph.GammaLatencyRegularizer, netmorph.GroupLassoFlopsRegularizer,
@@ -123,13 +123,7 @@ def test_channels_the_proximal_steps_kill_are_silenced_and_prune_exactly(one_thr
     model = get_model("tiny", num_classes=4, width=0.5)
     x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 4, (32,))
     reg = netmorph.GammaFlopsRegularizer(model, x[:8])                 # gamma_threshold 1e-3
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    for _ in range(60):
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        reg.proximal_step(0.05, 20 / reg.cost())
+    train_with_prox(model, reg, x, y, 60, 20)
     dead = ~reg.alive()
     assert dead.sum() >= 10                                            # the run killed channels
     probe = torch.randn(16, 1, 8, 8)

@@ -48,7 +48,11 @@ def group_targets(graph: ChannelGraph, widths: Mapping[str, int]) -> dict[int, i
         raise ValueError(f"structure names layers the model does not have (or whose width the channel graph "
                          f"does not control): {', '.join(unknown[:5])}; layers are: {', '.join(list(graph.layers)[:8])}, ...")
     targets: dict[int, tuple[int, str]] = {}
-    uneven: dict[int, str] = {}
+    uneven: dict[int, str] = {}                      # group -> its first layer covering it unevenly
+    for other, layer in graph.layers.items():
+        gid = int(graph.group_of[layer.out[0]])
+        if _uneven(graph, layer.out, gid):
+            uneven.setdefault(gid, other)
     for name, width in widths.items():
         layer = graph.layers[name]
         gid = int(graph.group_of[layer.out[0]])
@@ -57,10 +61,8 @@ def group_targets(graph: ChannelGraph, widths: Mapping[str, int]) -> dict[int, i
             if width != layer.width:
                 raise ValueError(f"'{name}' cannot change width: {group.frozen}")
             continue
-        counts = np.unique(np.asarray(layer.out), return_counts=True)
-        if len(counts[0]) != group.width or len(set(counts[1].tolist())) != 1:
+        if _uneven(graph, layer.out, gid):
             if width == layer.width:           # unchanged: the whole group must then stay (checked below)
-                uneven.setdefault(gid, name)
                 continue
             raise ValueError(f"'{name}' covers its group's channels unevenly (it feeds only some groups of a grouped "
                              f"conv, or some of a concat's inputs feeding one): a width says how many channels stay, "
@@ -76,11 +78,6 @@ def group_targets(graph: ChannelGraph, widths: Mapping[str, int]) -> dict[int, i
             raise ValueError(f"'{name}' and '{other}' are tied (their channels change together) but were given "
                              f"widths {width} and {widths[other]}")
         targets[gid] = (target, name)
-    for other, layer in graph.layers.items():         # every uneven layer, named or not
-        gid = int(graph.group_of[layer.out[0]])
-        counts = np.unique(np.asarray(layer.out), return_counts=True)
-        if len(counts[0]) != graph.groups[gid].width or len(set(counts[1].tolist())) != 1:
-            uneven.setdefault(gid, other)
     for gid, name in uneven.items():
         if gid in targets and targets[gid][0] != graph.groups[gid].width:
             raise ValueError(f"'{name}' covers its group's channels unevenly (it feeds only some groups of a grouped "
@@ -232,6 +229,13 @@ def resize(model: nn.Module, graph: ChannelGraph, orders: dict[int, list], examp
 
 
 # -- widths -----------------------------------------------------------------------------------
+def _uneven(graph, cls: np.ndarray, g: int) -> bool:
+    """Whether the channel list ``cls`` (its members in group ``g``) covers that group's channels
+    unevenly: not every channel of the group, or not each the same number of times."""
+    ids, counts = np.unique(np.asarray(cls)[graph.group_of[cls] == g], return_counts=True)
+    return len(ids) != graph.groups[g].width or len(set(counts.tolist())) > 1
+
+
 def _width(graph, cls: np.ndarray, new_width, orders=None) -> int:
     """New length of a channel list (layer outputs, norm channels): each group scales by its ratio,
     except where the list covers a group's channels unevenly (a concat input feeding some groups of
@@ -239,8 +243,7 @@ def _width(graph, cls: np.ndarray, new_width, orders=None) -> int:
     total = 0
     for g in np.unique(graph.group_of[cls]).tolist():
         mine = cls[graph.group_of[cls] == g]
-        ids, counts = np.unique(mine, return_counts=True)
-        if orders is not None and (len(ids) != graph.groups[g].width or len(set(counts.tolist())) > 1):
+        if orders is not None and _uneven(graph, mine, g):
             kept = {c for c in orders[g] if c is not None}
             total += sum(int(c) in kept for c in mine.tolist())
         else:
