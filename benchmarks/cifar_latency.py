@@ -44,6 +44,7 @@ BUILD = {
     "morph_50%": _expanded,
     "morph_100%": _expanded,
     "morph_50%_r8": _expanded,
+    "morph_warm_50%_s0": _expanded,
     "peer_50%_s0": lambda r: netmorph.apply_structure(resnet20(), r["widths"], example_inputs=EXAMPLE),
     "tas_50%": lambda r: netmorph.apply_structure(resnet20(), Structure.from_dict(
         json.loads((CACHE / "tas_search.json").read_text())["structure"]), keep="first", example_inputs=EXAMPLE),

@@ -114,3 +114,32 @@ def test_a_model_with_dropout_resumes_to_the_uninterrupted_result(tmp_path, stop
     assert [h["val_acc"] for h in straight["final_history"]] == [h["val_acc"] for h in resumed["final_history"]]
     for (k, a), b in zip(straight["model"].state_dict().items(), resumed["model"].state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_morph_keeps_a_group_no_width_can_describe_whole_and_still_ends_at_the_budget():
+    """Two concat inputs, each feeding one half of a grouped conv, cover their channel group unevenly:
+    a width cannot say which of its channels stay, so apply_structure would refuse any change of it.
+    The MorphNet loop leaves that group out of the regularizer (and says so) instead of learning a
+    structure it cannot build; the rest of the network still shrinks and expands to the budget."""
+    from tests.fuzz_nets import Net
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(768, 3, 8, 8, generator=g)
+    y = (x.flatten(1) @ torch.randn(192, 3, generator=g)).argmax(1)
+    train, val = (x[:576], y[:576]), (x[576:], y[576:])
+    build = lambda: Net([("concat", 2, 1), ("grouped", 8, 3), ("conv", 12, 3)], stem=6)    # noqa: E731
+    model, example = build(), x[:1]
+    graph = netmorph.build_graph(model, example)
+    uneven = graph.uneven()
+    assert list(uneven.values()) == ["blocks.0.a.0"]
+    held = graph.groups[next(iter(uneven))].channels
+    assert "changeable channel by channel only" in netmorph.explain(model, example)
+    logs = []
+    out = morph(build, train, val, example, budget="100%", shrink="50%", recipe=RECIPE,
+                final_recipe=Recipe(epochs=1, batch_size=64, lr=0.05, crop_padding=0, flip=False), log=logs.append)
+    assert any("keeping the channel group of 'blocks.0.a.0' whole" in line for line in logs)
+    learned = out["rounds"][0].learned
+    assert learned["blocks.0.a.0"] == 2 and learned["blocks.0.b.0"] == 2           # the held group, whole
+    assert sum(learned.values()) < sum(layer.width for layer in graph.layers.values())   # the rest shrank
+    assert netmorph.count_flops(out["model"], example) == out["final_cost"] <= netmorph.count_flops(model, example)
+    assert len(held) == graph.groups[next(iter(uneven))].width

@@ -75,8 +75,11 @@ def expand(model, example_inputs, structure, budget: float, resource: str = "flo
     fixed = {int(graph.group_of[l.out[0]]) for l in graph.layers.values()
              if 1 + int((l.out[1:] != l.out[:-1]).sum()) != len(np.unique(l.out))}
 
+    # a group a layer covers unevenly keeps its width exactly (a width cannot say which channels go)
+    pinned = set(graph.uneven())
+
     def scaled(omega):
-        return {g: min(w, graph.groups[g].width) if g in fixed else w
+        return {g: graph.groups[g].width if g in pinned else min(w, graph.groups[g].width) if g in fixed else w
                 for g, w in _scaled(learned, omega, round_to).items()}
     cost = lambda w: widths_cost(graph, scaled(w), resource, hw)  # noqa: E731
     lo, hi = 0.0, 1.0

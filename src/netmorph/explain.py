@@ -36,8 +36,12 @@ def explain(model: nn.Module, example_inputs, exclude=()) -> str:
              f"{len(graph.groups)} channel groups, "
              f"{int(graph.changeable().sum())} of {graph.n_channels} channels changeable", ""]
     lines.append("Groups")
+    uneven = graph.uneven()
     for g in graph.groups:
         status = "changeable" if g.frozen is None else f"FROZEN: {g.frozen}"
+        if g.frozen is None and g.id in uneven:
+            status = (f"changeable channel by channel only (netmorph.prune): '{uneven[g.id]}' covers it unevenly, "
+                      "so no width can say which channels stay; morph, expand and apply_structure keep it whole")
         lines.append(f"  [{g.id}] width {g.width}  {status}")
         lines.append(f"      produced by: {', '.join(g.producers)}")
         if g.batchnorms:

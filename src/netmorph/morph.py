@@ -41,16 +41,23 @@ FAMILY = {("gamma", "flops"): R.GammaFlopsRegularizer, ("gamma", "size"): R.Gamm
           ("weight", "size"): R.GroupLassoModelSizeRegularizer, ("weight", "latency"): R.GroupLassoLatencyRegularizer}
 
 
-def make_regularizer(model, example_inputs, resource="flops", hardware=None):
-    """The Gamma regularizer for ``resource`` if the model has BatchNorm, else the GroupLasso one."""
+def make_regularizer(model, example_inputs, resource="flops", hardware=None, widths=False):
+    """The Gamma regularizer for ``resource`` if the model has BatchNorm, else the GroupLasso one.
+
+    ``widths``: the result must be a structure of widths (the MorphNet loop), so groups a width
+    cannot describe are not regularized (:meth:`~netmorph.regularizers.GammaFlopsRegularizer.keep_uneven`).
+    """
     check_resource(resource)
     kw = {"hardware": hardware} if resource == "latency" else {}
     try:
-        return FAMILY["gamma", resource](model, example_inputs, **kw)
+        reg = FAMILY["gamma", resource](model, example_inputs, **kw)
     except ValueError as exc:
         if "needs BatchNorm" not in str(exc):
             raise
-        return FAMILY["weight", resource](model, example_inputs, **kw)
+        reg = FAMILY["weight", resource](model, example_inputs, **kw)
+    if widths:
+        reg.keep_uneven()
+    return reg
 
 
 def absolute(value, reference: float, what: str) -> float:
@@ -190,7 +197,10 @@ def regularize(model, train, val, example_inputs, target: float, recipe: Recipe,
     passing that ``state`` back resumes, with the same result as an uninterrupted run.
     """
     recipe = dataclasses.replace(recipe, schedule=schedule)
-    reg = make_regularizer(model, example_inputs, resource, hardware)
+    reg = make_regularizer(model, example_inputs, resource, hardware, widths=True)
+    for gid, name in reg.graph.uneven().items():
+        log(f"keeping the channel group of '{name}' whole: it covers the group unevenly (say, one of a concat's "
+            f"inputs feeding some groups of a grouped conv), so no width could say which channels stay")
     opt = make_optimizer(model, recipe, reg.source_parameters())
     gen = torch.Generator().manual_seed(recipe.seed)
     if state is None:
@@ -205,7 +215,7 @@ def regularize(model, train, val, example_inputs, target: float, recipe: Recipe,
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         gen.set_state(state["generator"])
-        reg = make_regularizer(model, example_inputs, resource, hardware)
+        reg = make_regularizer(model, example_inputs, resource, hardware, widths=True)
         if "torch_rng" in state:                 # the global generator (dropout, revived weights), as it was
             torch.set_rng_state(state["torch_rng"])
     initial = state["initial"]
@@ -344,7 +354,7 @@ def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budg
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     path = Path(checkpoint_path) if checkpoint_path else None
-    state = load_torch(path, "the morph checkpoint") if path is not None and path.exists() else \
+    state = load_torch(path, "the morph checkpoint", redo=True) if path is not None and path.exists() else \
         {"rounds": [], "learned_models": [], "stage": None, "train": None}
 
     def save():

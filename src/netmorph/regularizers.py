@@ -64,6 +64,16 @@ class _Regularizer:
         self._cached_key = None
         self._cached_w = None
 
+    def keep_uneven(self) -> dict[int, str]:
+        """Stop regularizing every group some layer covers unevenly (:meth:`ChannelGraph.uneven`):
+        a width cannot say which of its channels stay, so a structure of widths must keep it whole.
+        Those channels stay alive; returns the groups, each with the layer that covers it unevenly."""
+        uneven = self.graph.uneven()
+        for gid in uneven:
+            self.regularized[self.graph.groups[gid].channels] = False
+        self._cached_key = None
+        return uneven
+
     # -- per-channel values ------------------------------------------------------------------
     def _find_sources(self) -> list[tuple[nn.Module, np.ndarray]]:
         raise NotImplementedError

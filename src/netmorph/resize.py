@@ -48,11 +48,7 @@ def group_targets(graph: ChannelGraph, widths: Mapping[str, int]) -> dict[int, i
         raise ValueError(f"structure names layers the model does not have (or whose width the channel graph "
                          f"does not control): {', '.join(unknown[:5])}; layers are: {', '.join(list(graph.layers)[:8])}, ...")
     targets: dict[int, tuple[int, str]] = {}
-    uneven: dict[int, str] = {}                      # group -> its first layer covering it unevenly
-    for other, layer in graph.layers.items():
-        gid = int(graph.group_of[layer.out[0]])
-        if _uneven(graph, layer.out, gid):
-            uneven.setdefault(gid, other)
+    uneven = graph.uneven()                          # group -> its first layer covering it unevenly
     for name, width in widths.items():
         layer = graph.layers[name]
         gid = int(graph.group_of[layer.out[0]])

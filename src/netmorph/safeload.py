@@ -53,11 +53,13 @@ def _refused_global(exc: BaseException) -> str | None:
     return None
 
 
-def load_torch(path, what: str = "file", trust: bool = False, map_location="cpu", trust_flag: str | None = None):
+def load_torch(path, what: str = "file", trust: bool = False, map_location="cpu", trust_flag: str | None = None,
+               redo: bool = False):
     """``torch.load`` of ``path`` that never runs code unless ``trust`` is set.
 
     ``what`` names the file in messages (``"--checkpoint"``, ``"the run's checkpoint"``);
-    ``trust_flag`` is the option that sets ``trust`` (named in the refusal), if the caller has one.
+    ``trust_flag`` is the option that sets ``trust`` (named in the refusal), if the caller has one;
+    ``redo`` says the file is a run's own checkpoint, which may be deleted to redo its stage.
     """
     path = Path(path)
     if not path.is_file():
@@ -67,7 +69,7 @@ def load_torch(path, what: str = "file", trust: bool = False, map_location="cpu"
     except pickle.UnpicklingError as exc:
         name = _refused_global(exc)
         if name is None or trust:
-            raise DamagedFileError(_damaged(path, what, exc)) from None
+            raise DamagedFileError(_damaged(path, what, exc, redo)) from None
         fix = (f"if you made this file yourself and trust it, pass {trust_flag} (full unpickling runs any code "
                "the file carries)" if trust_flag else
                "it was not written by netmorph or was altered; delete it or start a new run")
@@ -78,10 +80,10 @@ def load_torch(path, what: str = "file", trust: bool = False, map_location="cpu"
             IndexError, TypeError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
-        raise DamagedFileError(_damaged(path, what, exc)) from None
+        raise DamagedFileError(_damaged(path, what, exc, redo)) from None
 
 
-def _damaged(path: Path, what: str, exc: BaseException) -> str:
+def _damaged(path: Path, what: str, exc: BaseException, redo: bool = False) -> str:
     text = str(exc)
     if "Unsupported operand" in text:         # noise, or a raw pickle: never unpickled in full
         text = "it holds pickle instructions that torch.save never writes, such as a raw pickle, which is not loaded"
@@ -89,7 +91,7 @@ def _damaged(path: Path, what: str, exc: BaseException) -> str:
         text = text.split("WeightsUnpickler error:", 1)[1]
     first = " ".join(text.split())[:200] or type(exc).__name__
     return (f"{what} {path} could not be read: it is truncated, corrupted or not a torch file ({first}); "
-            "replace it with a good copy (or delete it to start that stage again)")
+            "replace it with a good copy" + (" (or delete it to start that stage again)" if redo else ""))
 
 
 def load_state_dict(path, model: nn.Module | None = None, what: str = "file", trust: bool = False,

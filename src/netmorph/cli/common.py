@@ -176,7 +176,7 @@ def load_run_file(path: Path, what: str = "the run's checkpoint"):
     if not path.exists():
         return None
     try:
-        return load_torch(path, what)
+        return load_torch(path, what, redo=True)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

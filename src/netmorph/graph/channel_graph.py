@@ -148,6 +148,23 @@ class ChannelGraph:
                     changed = True
         return gone
 
+    def uneven(self) -> dict[int, str]:
+        """Groups whose channels some layer covers unevenly, each with its first such layer.
+
+        A layer covers its group unevenly when its outputs are not every channel of the group, or not
+        each the same number of times (two concat inputs each feeding one half of a grouped conv's
+        input). A width says how many channels a layer keeps, not which, so such a group can lose
+        channels only one by one (:func:`netmorph.prune`), never by a width
+        (:func:`netmorph.apply_structure`, :func:`netmorph.expand`).
+        """
+        found: dict[int, str] = {}
+        for name, layer in self.layers.items():
+            gid = int(self.group_of[layer.out[0]])
+            ids, counts = np.unique(layer.out[self.group_of[layer.out] == gid], return_counts=True)
+            if len(ids) != self.groups[gid].width or len(set(counts.tolist())) > 1:
+                found.setdefault(gid, name)
+        return found
+
     def removable(self, group: Group) -> bool:
         """Can every channel of ``group`` go at once, the network still computing the same function?
 
