@@ -56,6 +56,7 @@ def kill_random(reg, seed: int) -> np.ndarray:
 
 @given(networks)
 @example(([("concat", 2, 1), ("grouped", 1, 1)], 2, 0))    # found by the other test: uneven group, see resize._width
+@example(([("concat", 1, 1), ("maxpool", 1, 1)], 2, 35))    # found by the soak: every concat input dead, then a pool
 def test_random_networks_prune_exactly_at_the_predicted_cost(case):
     model, x, seed = build(case)
     reg = regularizer_or_refusal(model, x)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import netmorph
-from netmorph.graph.removed import ConstantOutput, Vanished
+from netmorph.graph.removed import ConstantOutput, RemovedNorm, Vanished
 from netmorph.models import MODELS, get_model
 from tests.conftest import train_with_prox
 from tests.graph.rules.test_binary_cat import SE, TwoBranches
@@ -93,7 +93,7 @@ def test_dead_residual_branch_becomes_the_skip_connection():
         model.layer2[1].bn1.bias.zero_()
     reg, small = check_exact(model, x)
     assert isinstance(small.layer2[1].conv1, Vanished) and isinstance(small.layer2[1].conv2, ConstantOutput)
-    assert isinstance(small.layer2[1].bn1, nn.Identity)
+    assert isinstance(small.layer2[1].bn1, RemovedNorm) and small.layer2[1].bn1.num_features == 0
     assert reg.structure()["layer2.1.conv1"] == 0
     # the two convs of the block are gone: 2 * 4,718,592 / 2 (batch 2 doubles them) FLOPs fewer
     assert small.netmorph_report.flops_before - small.netmorph_report.flops_after == 2 * 2 * 4_718_592

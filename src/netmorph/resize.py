@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .graph import ChannelGraph, build_graph
-from .graph.removed import ConstantOutput, Vanished
+from .graph import ChannelGraph, GraphRecordError, build_graph
+from .graph.removed import ConstantOutput, RemovedNorm, Vanished
 from .init import matched_init
 from .regularizers import out_rows
 from .structure import Structure
@@ -81,6 +81,12 @@ def group_targets(graph: ChannelGraph, widths: Mapping[str, int]) -> dict[int, i
                              f"('{targets[gid][1]}' asks for {widths[targets[gid][1]]}); remove dead channels "
                              "channel by channel with netmorph.prune instead")
     gone = graph.dead_towers({g for g, (t, _) in targets.items() if t == 0 and graph.removable(graph.groups[g])})
+    for reader, layer in graph.layers.items():
+        fed = set(graph.group_of[layer.inputs].tolist()) - {int(graph.group_of[layer.out[0]])}
+        if reader not in graph.summed and fed and fed <= gone and set(graph.group_of[layer.out].tolist()) - gone:
+            named = sorted({n for g, (t, n) in targets.items() if g in fed and t == 0})
+            raise ValueError(f"width 0 for {', '.join(repr(n) for n in named)} leaves '{reader}' without any input "
+                             "(every input of its concat removed): keep at least one channel of one of them")
     for gid, (target, name) in targets.items():
         if target == 0 and gid not in gone:
             raise ValueError(f"'{name}' cannot have width 0: only a removable branch (a residual branch, or one "
@@ -215,13 +221,31 @@ def resize(model: nn.Module, graph: ChannelGraph, orders: dict[int, list], examp
             n = _width(graph, cls, new_width, orders)
             module = model.get_submodule(name)
             if n != len(cls):
-                _put(new, name, _fresh_norm(module, n) if n else nn.Identity())
+                _put(new, name, _fresh_norm(module, n) if n else RemovedNorm(module))
                 rebuilt.add(name)
     if init_new is not None and rebuilt:
         init_new(new, rebuilt)
-    new_graph = build_graph(new, example)
+    new_graph = _record_copy(new, example)
     _copy_weights(model, graph, new, new_graph, orders, silent_new)
     return new
+
+
+def _record_copy(new: nn.Module, example) -> ChannelGraph:
+    """The channel graph of netmorph's rebuilt copy. If its forward rejects the empty tensor a removed
+    branch emits (an upsample or a pool after it), the removed layers emit
+    :class:`~netmorph.graph.removed.Hollow` tensors instead, which every torch function accepts."""
+    vanished = [m for m in new.modules() if isinstance(m, Vanished)]
+    for attempt in range(2):
+        try:
+            return build_graph(new, example)
+        except GraphRecordError as exc:
+            if attempt or not vanished or all(m.hollow for m in vanished):
+                what = str(exc).replace(" Check that the example inputs have the shape and dtype the model expects.", "")
+                raise GraphRecordError(f"netmorph's rebuilt copy of your model failed to run (your model itself ran): "
+                                       f"{what}; this is a netmorph limitation, please report it") from exc
+            for m in vanished:
+                m.hollow = True
+    raise AssertionError("unreachable")
 
 
 # -- widths -----------------------------------------------------------------------------------
@@ -264,12 +288,26 @@ def _fresh_layer(old: nn.Module, in_w: int, out_w: int, groups: int) -> nn.Modul
 
 
 def _fresh_norm(old: nn.Module, n: int) -> nn.Module:
-    ref = old.weight if getattr(old, "weight", None) is not None else getattr(old, "running_mean", None)
-    kw = dict(device=ref.device, dtype=ref.dtype) if ref is not None else {}
-    if isinstance(old, nn.GroupNorm):
-        return nn.GroupNorm(n // (old.num_channels // old.num_groups), n, eps=old.eps, affine=old.affine, **kw)
-    return type(old)(n, eps=old.eps, momentum=old.momentum, affine=old.affine,
-                     track_running_stats=old.track_running_stats, **kw)
+    """``old`` with ``n`` channels: a copy (its class, settings and whatever else it holds, such as
+    the activation of timm's ``BatchNormAct2d``) whose per-channel parameters and running statistics
+    are new: weight 1, bias 0, mean 0, variance 1 (the kept channels' values are copied in later)."""
+    new = copy.deepcopy(old)
+    with torch.no_grad():
+        for key, fill in (("weight", 1.0), ("bias", 0.0)):
+            p = getattr(old, key, None)
+            if isinstance(p, nn.Parameter):
+                setattr(new, key, nn.Parameter(p.new_full((n,), fill), requires_grad=p.requires_grad))
+        for key, fill in (("running_mean", 0.0), ("running_var", 1.0)):
+            buf = getattr(old, key, None)
+            if isinstance(buf, torch.Tensor):
+                setattr(new, key, buf.new_full((n,), fill))
+    if hasattr(old, "num_features"):
+        new.num_features = n
+    if hasattr(old, "num_channels"):
+        if hasattr(old, "num_groups"):
+            new.num_groups = n // (old.num_channels // old.num_groups)
+        new.num_channels = n
+    return new
 
 
 def _put(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -277,7 +315,7 @@ def _put(root: nn.Module, name: str, module: nn.Module) -> None:
     in the train/eval mode and with the ``requires_grad`` flags of the module it replaces."""
     target = root.get_submodule(name)
     module.train(target.training)
-    if isinstance(target, ConstantOutput) or not isinstance(module, (Vanished, ConstantOutput, nn.Identity)):
+    if isinstance(target, ConstantOutput) or not isinstance(module, (Vanished, ConstantOutput, RemovedNorm)):
         for (n, p) in module.named_parameters():
             old = getattr(target, n, None)
             if isinstance(old, nn.Parameter):

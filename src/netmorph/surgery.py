@@ -15,7 +15,11 @@ outputs on the example inputs is reported in ``pruned.netmorph_report``.
 Whole branches: a layer that keeps no output channel becomes :class:`~netmorph.graph.removed.Vanished`
 (zero channels out, zero cost) and a layer that keeps no input channel becomes
 :class:`~netmorph.graph.removed.ConstantOutput` (the constant it still emitted), so a residual block
-whose branch died becomes its skip connection plus that constant.
+whose branch died becomes its skip connection plus that constant. A norm layer left with no channel
+becomes :class:`~netmorph.graph.removed.RemovedNorm`. When the model's forward passes a removed
+branch through an op that rejects empty tensors (an upsample, a pool), the removed layers emit
+:class:`~netmorph.graph.removed.Hollow` tensors, which such ops accept. If every input of a concat
+dies, the strongest of them keeps one channel (:meth:`~netmorph.graph.ChannelGraph.settle`).
 """
 from __future__ import annotations
 

@@ -113,15 +113,28 @@ class ChannelGraph:
         1. A group whose every channel is dead disappears if it is :meth:`removable`; otherwise it
            keeps its strongest channel (by ``values``; the first one without), so no layer is left
            without channels.
-        2. Dead towers: a group all of whose readers disappeared is unused, so it disappears too
+        2. A layer that would lose every input although it is no residual branch (every input of a
+           concat died) would compute a constant, and what fed it nothing: the dead input group with
+           the strongest channel keeps that channel, as a plain chain would.
+        3. Dead towers: a group all of whose readers disappeared is unused, so it disappears too
            (repeated until nothing changes: a branch of a concat dies back to where it forked).
         """
         alive = alive.copy()
+        strongest = (lambda ch: ch[np.argmax(values[ch])]) if values is not None else (lambda ch: ch[0])
         for group in self.groups:
             ch = group.channels
             if len(ch) and not alive[ch].any() and not self.removable(group):
-                alive[ch[np.argmax(values[ch]) if values is not None else 0]] = True
+                alive[strongest(ch)] = True
         gone = {g.id for g in self.groups if not alive[g.channels].any()}
+        for name, layer in self.layers.items():
+            if not len(layer.inputs) or name in self.summed:
+                continue
+            fed = set(self.group_of[layer.inputs].tolist()) - {int(self.group_of[layer.out[0]])}
+            if fed and fed <= gone and set(self.group_of[layer.out].tolist()) - gone:
+                ch = np.concatenate([self.groups[g].channels for g in sorted(fed)])
+                keep = strongest(ch)
+                alive[keep] = True
+                gone.discard(int(self.group_of[keep]))
         for gid in self.dead_towers(gone) - gone:
             alive[self.groups[gid].channels] = False
         return alive

@@ -68,6 +68,7 @@ class Recording:
     module_names: dict[int, str]      # id(module) -> first name in named_modules()
     param_owner: dict[int, str]       # id(parameter) -> "module.param"
     module_outputs: dict[str, list[Value]]  # module name -> Values it returned (every call)
+    modules: dict[str, nn.Module] = dataclasses.field(default_factory=dict)   # name -> module
 
 
 def _is_layer(module: nn.Module) -> bool:
@@ -230,7 +231,8 @@ def record(model: nn.Module, example_inputs: Any) -> Recording:
     if not out_values:
         raise GraphRecordError(f"{type(model).__name__} returned no tensor computed from its inputs; "
                                "the model must return a tensor, a tuple or a dict of tensors")
-    return Recording(in_values, out_values, rec.ops, rec.module_names, rec.param_owner, rec.module_outputs)
+    return Recording(in_values, out_values, rec.ops, rec.module_names, rec.param_owner, rec.module_outputs,
+                     dict(model.named_modules()))
 
 
 def _find_module(model: nn.Module, name: str) -> nn.Module:

@@ -3,6 +3,8 @@
 - :class:`Vanished` replaces a layer whose every output channel was removed: it returns a tensor
   with zero channels of the right batch and spatial size, which concat, add and activations accept,
   and which costs nothing.
+- :class:`RemovedNorm` replaces a normalization layer left with no channel (an empty pass-through
+  that keeps the old layer's attributes).
 - :class:`ConstantOutput` replaces a layer whose every *input* channel was removed: what it still
   computed was a constant per output channel (its bias plus the constants the dead channels
   emitted), so it returns that constant, broadcast to the output size the layer would have had.
@@ -55,11 +57,79 @@ class _Geometry(nn.Module):
                                        zip(spatial, self.kernel_size, self.stride, pad, self.dilation)))
 
 
+class Hollow(torch.Tensor):
+    """A tensor with zero channels that torch functions rejecting empty inputs still accept.
+
+    Some ops refuse a tensor with no elements (``F.interpolate``, ``F.max_pool2d``, ``F.group_norm``
+    ...), yet a removed branch may pass through them before reaching the concat that drops it. Each
+    torch function called on a Hollow tensor first runs as it is; if it raises, it runs on a stand-in
+    with one zero channel where the Hollow one had none, and keeps zero channels of the result. Results
+    with no elements stay Hollow, others are plain tensors, so nothing hollow leaves the dead branch.
+    """
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        with torch._C.DisableTorchFunctionSubclass():
+            try:
+                out = func(*args, **kwargs)
+            except RuntimeError:
+                axis = next((_empty_axis(t) for t in _tensors((args, kwargs)) if isinstance(t, Hollow)), None)
+                if axis is None:
+                    raise
+                out = func(*_stand_in(args), **_stand_in(kwargs))
+                out = _map(out, lambda t: t.narrow(axis, 0, 0) if t.dim() > axis else t)
+        return _map(out, lambda t: t.as_subclass(Hollow) if t.numel() == 0 and t.dim() else t)
+
+
+def _empty_axis(t: torch.Tensor) -> int:
+    return next(i for i, n in enumerate(t.shape) if n == 0)
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _tensors(o)
+
+
+def _map(obj, fn):
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        return type(obj)(_map(o, fn) for o in obj)
+    return obj
+
+
+def _stand_in(obj):
+    """``obj`` with every Hollow tensor replaced by zeros holding one channel where it had none."""
+    if isinstance(obj, Hollow):
+        shape = list(obj.shape)
+        shape[_empty_axis(obj)] = 1
+        return torch.zeros(shape, dtype=obj.dtype, device=obj.device)
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        return type(obj)(_stand_in(o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _stand_in(v) for k, v in obj.items()}
+    return obj
+
+
 class Vanished(_Geometry):
-    """A layer all of whose output channels were removed: outputs zero channels."""
+    """A layer all of whose output channels were removed: outputs zero channels.
+
+    With ``hollow`` set (pruning sets it when the model's forward rejects an empty tensor further
+    down the removed branch), the output is a :class:`Hollow` tensor.
+    """
+
+    hollow = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.new_zeros(self.out_shape(x, 0))
+        out = x.new_zeros(self.out_shape(x, 0))
+        return out.as_subclass(Hollow) if self.hollow else out
 
 
 class ConstantOutput(_Geometry):
@@ -76,4 +146,30 @@ class ConstantOutput(_Geometry):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = self.out_shape(x, self.value.numel())
         view = (1, -1) + (1,) * (len(shape) - 2) if self.is_conv else (-1,)
-        return self.value.to(x.dtype).reshape(view).expand(shape)
+        # a real tensor, not an expanded view: the model may add to it in place (out += skip)
+        return self.value.to(x.dtype).reshape(view).expand(shape).clone()
+
+
+class RemovedNorm(nn.Module):
+    """A normalization layer of a removed branch: passes its (empty) input through.
+
+    It keeps the replaced layer's settings as attributes, with its width at 0 (``num_features`` or
+    ``num_channels``), so a forward that reads them (``self.bn.num_features``) still runs; torch's own
+    norm layers cannot be built with no channels.
+    """
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        for key in ("eps", "momentum", "affine", "track_running_stats", "num_groups"):
+            if hasattr(layer, key):
+                setattr(self, key, getattr(layer, key))
+        for key in ("num_features", "num_channels"):
+            if hasattr(layer, key):
+                setattr(self, key, 0)
+        self.replaced = type(layer).__name__
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def extra_repr(self) -> str:
+        return f"was {self.replaced}"

@@ -11,8 +11,8 @@ from __future__ import annotations
 from torch import nn
 
 from .. import removed as _removed
-from . import (batchnorm, binary, cat, conv, conv_transpose, groupnorm, layernorm, linear, permute, pointwise,
-               pool, reduce, removed, resample, reshape, split, unknown)
+from . import (batchnorm, binary, cat, conv, conv_transpose, functional_norm, groupnorm, layernorm, linear, permute,
+               pointwise, pool, reduce, removed, resample, reshape, split, unknown)
 
 LAYER_RULES = {
     nn.Conv1d: conv.conv, nn.Conv2d: conv.conv, nn.Conv3d: conv.conv,
@@ -27,7 +27,7 @@ LAYER_RULES = {
 }
 
 FUNCTION_RULES = {}
-for _module in (binary, cat, layernorm, permute, pointwise, pool, reduce, resample, reshape, split):
+for _module in (binary, cat, functional_norm, layernorm, permute, pointwise, pool, reduce, resample, reshape, split):
     for _name in _module.NAMES:
         FUNCTION_RULES[_name] = _module.rule
 

@@ -1,7 +1,7 @@
 """Stand-ins left by pruning (``Vanished``, ``ConstantOutput``) read only their input's shape.
 
 Grouping rule: the input's channels are not consumed (nothing ties or freezes them). A Vanished
-layer outputs zero channels. A ConstantOutput owns its output channels like a layer, with no FLOPs
+layer outputs zero channels (on axis 1 for a convolution, on the last axis for a linear layer). A ConstantOutput owns its output channels like a layer, with no FLOPs
 and no weights; they are constants, so they count as gated for both regularizer families.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from ..builder import Slots
 def vanished(b, op) -> bool:
     out = op.outputs[0]
     empty = np.zeros(0, dtype=np.int64)
-    b.set(out, Slots(1 if len(out.shape) > 2 else len(out.shape) - 1, empty, empty.astype(bool),
-                     empty.astype(bool)))
+    axis = 1 if op.module.is_conv else len(out.shape) - 1        # a linear layer's channels are last
+    b.set(out, Slots(axis, empty, empty.astype(bool), empty.astype(bool)))
     return True
 
 

@@ -1,0 +1,46 @@
+"""timm's convolutional families, zero configuration: small variants with random weights (nothing is
+downloaded). The norm layers timm builds them from (BatchNormAct2d: an nn.BatchNorm2d subclass whose
+forward calls F.batch_norm, then its activation) are read through the functional norm rule
+(src/netmorph/graph/rules/functional_norm.py)."""
+import numpy as np
+import pytest
+import torch
+
+import netmorph
+from tests.conftest import reference_flops
+
+timm = pytest.importorskip("timm", reason="timm is in the test extra: pip install -e '.[test]'")
+
+MODELS = ["efficientnet_lite0", "mobilenetv3_small_050", "regnetx_002", "repvgg_a0", "dpn48b", "fbnetc_100",
+          "mobilevit_xxs", "darknet17", "ghostnet_050", "resnet18d", "mnasnet_small", "dla34"]
+#: share of the channels that carry a regularizer, at least; DPN and GhostNet slice channels with
+#: constant bounds (``x[:, :self.oup]``), which pruning cannot move, so most of their channels stay
+COVERAGE = {"dpn48b": 0.05, "ghostnet_050": 0.05}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_timm_cnn_gets_gamma_sources_and_prunes_exactly(name, one_thread):
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    reg = netmorph.GammaFlopsRegularizer(model, x)
+    assert netmorph.count_flops(model, x) == reference_flops(model, x)
+    assert reg.regularized.sum() > COVERAGE.get(name, 0.1) * reg.graph.n_channels
+    loss = reg.loss()
+    loss.backward()
+    # every regularized channel pulls on a gamma: on one of its members (the max over tied BatchNorms)
+    pulled = np.zeros(reg.graph.n_channels)
+    for bn, (rows, cls) in reg.graph.bn_sources.items():
+        grad = model.get_submodule(bn).weight.grad
+        if grad is not None:
+            np.add.at(pulled, cls, grad[torch.as_tensor(rows)].abs().numpy())
+    assert (pulled[reg.regularized] > 0).all()
+    dead = (np.random.default_rng(0).random(reg.graph.n_channels) < 0.3) & reg.regularized
+    reg.zero_channels(dead)
+    with torch.no_grad():
+        before = model(x)
+    small = netmorph.prune(model, reg).eval()
+    with torch.no_grad():
+        after = small(x)
+    assert (after - before).abs().max() <= 1e-5 * before.abs().max()
+    assert netmorph.count_flops(small, x) == reg.cost() < 0.97 * netmorph.count_flops(model, x)
