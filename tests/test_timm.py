@@ -44,3 +44,22 @@ def test_a_timm_cnn_gets_gamma_sources_and_prunes_exactly(name, one_thread):
         after = small(x)
     assert (after - before).abs().max() <= 1e-5 * before.abs().max()
     assert netmorph.count_flops(small, x) == reg.cost() < 0.97 * netmorph.count_flops(model, x)
+
+
+def test_convnext_without_batchnorm_prunes_its_mlp_widths_with_group_lasso(one_thread):
+    """ConvNeXt normalizes with LayerNorm2d over the channels (which mixes them: frozen), so what
+    changes is each block's MLP hidden width, read by weight norms."""
+    torch.manual_seed(0)
+    model, x = timm.create_model("convnext_atto", pretrained=False, num_classes=10).eval(), torch.randn(1, 3, 64, 64)
+    reg = netmorph.GroupLassoFlopsRegularizer(model, x)
+    assert netmorph.count_flops(model, x) == reference_flops(model, x)
+    hidden = [g for g in reg.graph.groups if g.frozen is None]
+    assert len(hidden) == 2 + 2 + 6 + 2 and all(p.endswith("mlp.fc1") for g in hidden for p in g.producers)
+    dead = (np.random.default_rng(0).random(reg.graph.n_channels) < 0.3) & reg.regularized
+    reg.zero_channels(dead)
+    with torch.no_grad():
+        before = model(x)
+    small = netmorph.prune(model, reg).eval()
+    with torch.no_grad():
+        assert (small(x) - before).abs().max() <= 1e-5 * before.abs().max()
+    assert netmorph.count_flops(small, x) == reg.cost() == reference_flops(small, x) < 0.9 * netmorph.count_flops(model, x)

@@ -166,11 +166,32 @@ class Builder:
         assert len(slots.elems) == value.shape[slots.cdim], (value.shape, slots.cdim, len(slots.elems))
         self.slots[value.id] = slots
 
-    def fresh(self, value: Value, space: str, frozen: str | None) -> None:
-        """Give ``value`` new elements along axis 1 (axis 0 for 1-d values)."""
+    def channel_axis(self, value: Value, op: Op | None = None) -> int:
+        """The axis of ``value`` (an output of ``op``, if given) that holds its channels.
+
+        A layer's output has them where the layer puts them: axis 1 after a convolution, the last axis
+        after a linear layer (stand-ins say which they replace). Otherwise an output shaped like one
+        of the op's inputs keeps that input's channel axis (a norm over a channels-last tensor, an
+        unknown element-wise op). Otherwise axis 1 (axis 0 for 1-d values).
+        """
+        if len(value.shape) < 2:
+            return 0
+        module = op.module if op is not None else None
+        if isinstance(module, nn.modules.conv._ConvNd) or getattr(module, "is_conv", None) is True:
+            return 1
+        if isinstance(module, nn.Linear) or getattr(module, "is_conv", None) is False:
+            return len(value.shape) - 1
+        for v in (self.tensors(op) if op is not None else []):
+            s = self.get(v)
+            if s is not None and tuple(v.shape) == tuple(value.shape):
+                return s.cdim
+        return 1
+
+    def fresh(self, value: Value, space: str, frozen: str | None, op: Op | None = None) -> None:
+        """Give ``value`` new elements along its channel axis (:meth:`channel_axis`)."""
         if len(value.shape) == 0:
             return
-        cdim = 1 if len(value.shape) >= 2 else 0
+        cdim = self.channel_axis(value, op)
         n = value.shape[cdim]
         elems = self.new_elements(n, space, frozen)
         off = np.zeros(n, dtype=bool)

@@ -46,3 +46,40 @@ def test_exclude_freezes_matching_modules_and_refuses_unknown_patterns():
     assert stage3.frozen is not None and not reg.regularized[stage3.channels].any()
     with pytest.raises(ValueError, match="matches no module"):
         build_graph(model, x, exclude=["layer9"])
+
+
+class ChannelsLastNorm(nn.Module):
+    """ConvNeXt's block in small (timm's LayerNorm2d: a layer norm over channels on a channels-last
+    view), then an MLP of 1x1 convs: the norm freezes the channels it mixes, and nothing else."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.ln = nn.LayerNorm(8)
+        self.fc1, self.fc2 = nn.Conv2d(8, 16, 1), nn.Conv2d(16, 8, 1)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        h = self.stem(x)
+        n = torch.nn.functional.layer_norm(h.permute(0, 2, 3, 1), (8,), self.ln.weight, self.ln.bias).permute(0, 3, 1, 2)
+        return self.head(h + self.fc2(torch.nn.functional.gelu(self.fc1(n))))
+
+
+def test_a_frozen_output_keeps_the_channel_axis_of_its_input_so_the_next_layers_still_prune(x8):
+    """An op that freezes a channels-last tensor gives its output frozen channels on the *last* axis
+    (the input's), not on axis 1 (its height): after the permute back, the 1x1 conv reads channels
+    on axis 1 and its hidden width stays changeable."""
+    torch.manual_seed(0)
+    model = ChannelsLastNorm()
+    graph = build_graph(model, x8)
+    hidden = next(g for g in graph.groups if "fc1" in g.producers)
+    assert hidden.frozen is None and hidden.width == 16
+    assert next(g for g in graph.groups if "stem" in g.producers).frozen.startswith("touched by op 'layer_norm'")
+    reg = netmorph.GroupLassoFlopsRegularizer(model, x8)
+    reg.zero_channels(graph.layers["fc1"].out[:10])
+    with torch.no_grad():
+        before = model(x8)
+    small = netmorph.prune(model, reg)
+    with torch.no_grad():
+        assert torch.allclose(small(x8), before, atol=1e-6)
+    assert small.fc1.out_channels == 6 and netmorph.count_flops(small, x8) == reg.cost() == reference_flops(small, x8)

@@ -14,8 +14,7 @@ from ..builder import Slots
 def vanished(b, op) -> bool:
     out = op.outputs[0]
     empty = np.zeros(0, dtype=np.int64)
-    axis = 1 if op.module.is_conv else len(out.shape) - 1        # a linear layer's channels are last
-    b.set(out, Slots(axis, empty, empty.astype(bool), empty.astype(bool)))
+    b.set(out, Slots(b.channel_axis(out, op), empty, empty.astype(bool), empty.astype(bool)))
     return True
 
 

@@ -22,7 +22,7 @@ def freeze_op(b, op, why: str) -> None:
         if s is not None:
             b.freeze(s.elems, reason)
     for out in op.outputs:
-        b.fresh(out, f"output of {label}", reason)
+        b.fresh(out, f"output of {label}", reason, op)
     b.const_flops[b.op_index] = b.const_flops.get(b.op_index, 0.0) + float(op.measured_flops)
     b.memory(inputs + op.outputs)
     weights = [op.module.weight] if op.module is not None and hasattr(op.module, "weight") else []
