@@ -97,8 +97,10 @@ def expand(model, example_inputs, structure, budget: float, resource: str = "flo
     result = {}
     for name, layer in graph.layers.items():
         g = int(graph.group_of[layer.out[0]])
-        # a frozen layer keeps its width (its group may also hold channels no layer produces)
-        result[name] = layer.width // graph.groups[g].width * widths[g] if g in widths else layer.width
+        # a frozen layer keeps its width (its group may also hold channels no layer produces), and
+        # so does a layer of a pinned group (it may cover part of the group only)
+        result[name] = layer.width // graph.groups[g].width * widths[g] if g in widths and g not in pinned \
+            else layer.width
     out = Structure(result, original={n: l.width for n, l in graph.layers.items()},
                     input_shapes=[list(t.shape) for t in graph.example_inputs])
     out.omega = lo
