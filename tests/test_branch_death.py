@@ -200,3 +200,16 @@ def test_when_the_rebuilt_copy_cannot_run_the_error_says_it_is_netmorphs_copy():
                        r"\(your model itself ran\).*expected 4 channels") as info:
         netmorph.apply_structure(Fixed(), {"a.0": 2}, example_inputs=x)
     assert "Check that the example inputs" not in str(info.value)
+
+
+def test_a_hollow_tensor_passes_ops_that_reject_empty_tensors_and_nothing_else():
+    from netmorph.graph.removed import Hollow
+    h = torch.zeros(2, 0, 4, 6).as_subclass(Hollow)
+    up = F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
+    pooled = F.max_pool2d(F.relu(h), 2)
+    assert type(up) is Hollow and up.shape == (2, 0, 8, 12)
+    assert type(pooled) is Hollow and pooled.shape == (2, 0, 2, 3)
+    joined = torch.cat([torch.ones(2, 3, 8, 12), up], 1)
+    assert type(joined) is torch.Tensor and torch.equal(joined, torch.ones(2, 3, 8, 12))
+    with pytest.raises(RuntimeError):
+        h + torch.ones(2, 3, 4, 6)                # a real operand could broadcast against a stand-in: refused

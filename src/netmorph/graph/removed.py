@@ -62,8 +62,9 @@ class Hollow(torch.Tensor):
 
     Some ops refuse a tensor with no elements (``F.interpolate``, ``F.max_pool2d``, ``F.group_norm``
     ...), yet a removed branch may pass through them before reaching the concat that drops it. Each
-    torch function called on a Hollow tensor first runs as it is; if it raises, it runs on a stand-in
-    with one zero channel where the Hollow one had none, and keeps zero channels of the result. Results
+    torch function called on a Hollow tensor first runs as it is; if it raises and no other tensor
+    takes part, it runs on a stand-in with one zero channel where the Hollow one had none, and keeps
+    zero channels of the result. Results
     with no elements stay Hollow, others are plain tensors, so nothing hollow leaves the dead branch.
     """
 
@@ -74,9 +75,10 @@ class Hollow(torch.Tensor):
             try:
                 out = func(*args, **kwargs)
             except RuntimeError:
-                axis = next((_empty_axis(t) for t in _tensors((args, kwargs)) if isinstance(t, Hollow)), None)
-                if axis is None:
-                    raise
+                tensors = list(_tensors((args, kwargs)))
+                if not all(isinstance(t, Hollow) for t in tensors):
+                    raise           # another tensor takes part (it could broadcast against the stand-in)
+                axis = _empty_axis(tensors[0])
                 out = func(*_stand_in(args), **_stand_in(kwargs))
                 out = _map(out, lambda t: t.narrow(axis, 0, 0) if t.dim() > axis else t)
         return _map(out, lambda t: t.as_subclass(Hollow) if t.numel() == 0 and t.dim() else t)
