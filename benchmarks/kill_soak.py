@@ -66,7 +66,7 @@ def main() -> int:
         ref = Path(tmp) / "reference"
         assert netmorph(*ARGV, "--out", ref) == 0, "the uninterrupted run failed"
         reference = summary(ref)
-        failures = 0
+        failures, lines = 0, []
         for run in range(args.runs):
             out, t, points = Path(tmp) / f"run{run}", time.time(), []
             first = True
@@ -81,9 +81,19 @@ def main() -> int:
                 assert netmorph("morph", "--resume", "--out", out) == 0, f"run {run}: the last resume failed"
             diff = same(summary(out), reference)
             failures += bool(diff)
-            print(f"run {run + 1}: {'FAILED (' + diff + ')' if diff else 'passed'} in {time.time() - t:.0f} s; "
-                  f"kills {', '.join(points)}", flush=True)
+            lines.append(f"run {run + 1}: {'FAILED (' + diff + ')' if diff else 'passed'} in {time.time() - t:.0f} s; "
+                         f"kills (point -> exit code) {', '.join(points)}")
+            print(lines[-1], flush=True)
         print(f"{args.runs - failures} of {args.runs} runs ended exactly as the uninterrupted run")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from report import write_section
+    write_section("kill_soak", "Killed at random, resumed: a soak (benchmarks/kill_soak.py)",
+                  f"python benchmarks/kill_soak.py --runs {args.runs} --kills {args.kills} --seed {args.seed}",
+                  f"**{args.runs - failures} of {args.runs} runs ended exactly as the uninterrupted run** (same "
+                  "structure, cost and strength histories, validation accuracies and final weights, `torch.equal`). "
+                  f"Each run: `netmorph morph {' '.join(ARGV[1:])}` on the digits, SIGKILLed up to {args.kills} "
+                  "times at a random training step or half-way through a random checkpoint write, resumed after "
+                  "each kill, then resumed to the end.\n\n" + "\n".join(f"- {line}" for line in lines))
     return 1 if failures else 0
 
 

@@ -45,9 +45,16 @@ def main() -> int:
         for line in summary or done.stdout.splitlines()[-30:] + done.stderr.splitlines()[-10:]:
             print(f"    {line}", flush=True)
     passed = args.runs - len(failed)
-    print(f"summary: {passed} passed, {len(failed)} failed of {args.runs} runs of {len(args.tests)} test(s)"
-          + (f" (failed runs: {', '.join(map(str, failed))})" if failed else "")
-          + f"; {sum(seconds) / len(seconds):.1f} s per run, {sum(seconds):.0f} s in all", flush=True)
+    line = (f"{passed} passed, {len(failed)} failed of {args.runs} runs of {len(args.tests)} test(s)"
+            + (f" (failed runs: {', '.join(map(str, failed))})" if failed else "")
+            + f"; {sum(seconds) / len(seconds):.1f} s per run, {sum(seconds):.0f} s in all")
+    print("summary: " + line, flush=True)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from report import write_section
+    write_section("process_tests", "The process tests, many times over (benchmarks/process_tests_loop.py)",
+                  f"python benchmarks/process_tests_loop.py --runs {args.runs}",
+                  f"**{line}**, on a machine also running other benchmarks. Each run is a fresh pytest of:\n\n"
+                  + "\n".join(f"- `{t}`" for t in args.tests))
     return 1 if failed else 0
 
 
