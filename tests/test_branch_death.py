@@ -213,3 +213,56 @@ def test_a_hollow_tensor_passes_ops_that_reject_empty_tensors_and_nothing_else()
     assert type(joined) is torch.Tensor and torch.equal(joined, torch.ones(2, 3, 8, 12))
     with pytest.raises(RuntimeError):
         h + torch.ones(2, 3, 4, 6)                # a real operand could broadcast against a stand-in: refused
+
+
+def cbr3(c_in, c_out, groups=1):
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, groups=groups, bias=False), nn.BatchNorm2d(c_out),
+                         nn.ReLU())
+
+
+class Cascade(nn.Module):
+    """p reads cat(a, b); c reads cat(p, q): with a, b, p, q all dead, keeping a channel of p for c
+    leaves p without inputs, so one of a, b must keep a channel too."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.p, self.q, self.c = cbr3(3, 4), cbr3(3, 2), cbr3(6, 4), cbr3(3, 2), cbr3(6, 8)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        h = self.p(torch.cat([self.a(x), self.b(x)], 1))
+        return self.fc(self.c(torch.cat([h, self.q(x)], 1)).mean((2, 3)))
+
+
+class UnevenTower(nn.Module):
+    """A residual branch r2(r1(grouped(cat(a, b)))): the concat's group is covered unevenly, and dies
+    as a dead tower when r1 dies, which a width of 0 describes exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.a, self.b, self.g, self.r1 = cbr3(3, 8), cbr3(8, 2), cbr3(8, 2), cbr3(4, 4, 2), cbr3(4, 6)
+        self.r2 = nn.Sequential(nn.Conv2d(6, 8, 1, bias=False), nn.BatchNorm2d(8))
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.r2(self.r1(self.g(torch.cat([self.a(x), self.b(x)], 1))))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("net, dead", [(Cascade, ["a.0", "b.0", "p.0", "q.0"]), (UnevenTower, ["r1.0"])])
+def test_what_settle_keeps_is_a_structure_apply_structure_and_expand_accept(net, dead):
+    """(Found by review.) The learned structure of a settled network is one the width tools build."""
+    from netmorph.morph import make_regularizer
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    small, _ = pruned_exactly(net(), x, dead)
+    model = net().eval()
+    randomize_norms(model, torch.Generator().manual_seed(0))
+    reg = make_regularizer(model, x, widths=True)
+    reg.zero_channels(np.concatenate([reg.graph.layers[n].out for n in dead]))
+    learned = reg.structure()
+    built = netmorph.apply_structure(model, learned, example_inputs=x)
+    assert netmorph.count_flops(built, x) == reg.cost() == netmorph.count_flops(small, x)
+    grown = netmorph.expand(model, x, learned, budget=netmorph.count_flops(model, x))
+    assert netmorph.count_flops(netmorph.apply_structure(model, grown, example_inputs=x), x) == grown.cost

@@ -143,3 +143,20 @@ def test_morph_keeps_a_group_no_width_can_describe_whole_and_still_ends_at_the_b
     assert sum(learned.values()) < sum(layer.width for layer in graph.layers.values())   # the rest shrank
     assert netmorph.count_flops(out["model"], example) == out["final_cost"] <= netmorph.count_flops(model, example)
     assert len(held) == graph.groups[next(iter(uneven))].width
+
+
+def test_expand_counts_a_pinned_group_at_its_width_in_the_smallest_structure():
+    """(Found by review.) The smallest structure keeps a group no width describes at its width, so
+    a budget under it is refused, and one just above it is met, never exceeded."""
+    from netmorph.expand import cost_floor
+    from tests.fuzz_nets import Net
+    torch.manual_seed(0)
+    model, x = Net([("concat", 2, 1), ("grouped", 8, 3), ("conv", 12, 3)], stem=6).eval(), torch.randn(1, 3, 8, 8)
+    graph = netmorph.build_graph(model, x)
+    full = {n: layer.width for n, layer in graph.layers.items()}
+    _, smallest = cost_floor(graph, widths={g: grp.width for g, grp in enumerate(graph.groups) if grp.frozen is None})
+    with pytest.raises(ValueError, match="below the smallest structure"):
+        netmorph.expand(model, x, full, budget=0.99 * smallest)
+    out = netmorph.expand(model, x, full, budget=1.01 * smallest)
+    assert smallest <= out.cost <= 1.01 * smallest and (out["blocks.0.a.0"], out["blocks.0.b.0"]) == (2, 2)
+    assert netmorph.count_flops(netmorph.apply_structure(model, out, example_inputs=x), x) == out.cost

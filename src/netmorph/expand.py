@@ -42,7 +42,14 @@ def cost_floor(graph: ChannelGraph, resource="flops", hardware=None, round_to: i
     if widths is None:
         widths = {g: grp.width for g, grp in enumerate(graph.groups) if grp.frozen is None}
     frozen = widths_cost(graph, {g: 0 for g in widths}, resource, hardware)
-    return frozen, widths_cost(graph, _scaled(widths, 0.0, round_to), resource, hardware)
+    return frozen, widths_cost(graph, _pin(graph, _scaled(widths, 0.0, round_to)), resource, hardware)
+
+
+def _pin(graph: ChannelGraph, widths: dict[int, int]) -> dict[int, int]:
+    """``widths`` with every group a layer covers unevenly (:meth:`ChannelGraph.uneven`) back at its
+    own width unless removed: a width cannot say which of its channels stay."""
+    pinned = graph.uneven()
+    return {g: graph.groups[g].width if g in pinned and w else w for g, w in widths.items()}
 
 
 def expand(model, example_inputs, structure, budget: float, resource: str = "flops", hardware=None,
@@ -75,12 +82,12 @@ def expand(model, example_inputs, structure, budget: float, resource: str = "flo
     fixed = {int(graph.group_of[l.out[0]]) for l in graph.layers.values()
              if 1 + int((l.out[1:] != l.out[:-1]).sum()) != len(np.unique(l.out))}
 
-    # a group a layer covers unevenly keeps its width exactly (a width cannot say which channels go)
+    # a group a layer covers unevenly keeps its width exactly, or stays removed
     pinned = set(graph.uneven())
 
     def scaled(omega):
-        return {g: graph.groups[g].width if g in pinned else min(w, graph.groups[g].width) if g in fixed else w
-                for g, w in _scaled(learned, omega, round_to).items()}
+        return _pin(graph, {g: min(w, graph.groups[g].width) if g in fixed else w
+                            for g, w in _scaled(learned, omega, round_to).items()})
     cost = lambda w: widths_cost(graph, scaled(w), resource, hw)  # noqa: E731
     lo, hi = 0.0, 1.0
     while cost(hi) <= budget:                     # omega may exceed 1
@@ -99,8 +106,10 @@ def expand(model, example_inputs, structure, budget: float, resource: str = "flo
         g = int(graph.group_of[layer.out[0]])
         # a frozen layer keeps its width (its group may also hold channels no layer produces), and
         # so does a layer of a pinned group (it may cover part of the group only)
-        result[name] = layer.width // graph.groups[g].width * widths[g] if g in widths and g not in pinned \
-            else layer.width
+        if g in pinned:
+            result[name] = layer.width if widths[g] else 0
+        else:
+            result[name] = layer.width // graph.groups[g].width * widths[g] if g in widths else layer.width
     out = Structure(result, original={n: l.width for n, l in graph.layers.items()},
                     input_shapes=[list(t.shape) for t in graph.example_inputs])
     out.omega = lo

@@ -309,7 +309,7 @@ def next_network(model: nn.Module, done: Round, example_inputs, seed: int, refer
         return apply_structure(model, done.expanded, init="fresh", example_inputs=example_inputs,
                                init_reference=reference)
     model.load_state_dict(done.state)
-    pruned = prune(model, make_regularizer(model, example_inputs, resource, hardware))
+    pruned = prune(model, make_regularizer(model, example_inputs, resource, hardware, widths=True))
     return apply_structure(pruned, done.expanded, init="keep", example_inputs=example_inputs,
                            init_reference=reference)
 

@@ -49,6 +49,8 @@ def group_targets(graph: ChannelGraph, widths: Mapping[str, int]) -> dict[int, i
                          f"does not control): {', '.join(unknown[:5])}; layers are: {', '.join(list(graph.layers)[:8])}, ...")
     targets: dict[int, tuple[int, str]] = {}
     uneven = graph.uneven()                          # group -> its first layer covering it unevenly
+    kept: set[int] = set()                           # uneven groups a layer keeps at its width
+    zeroed: dict[int, str] = {}                      # uneven groups a layer gives width 0
     for name, width in widths.items():
         layer = graph.layers[name]
         gid = int(graph.group_of[layer.out[0]])
@@ -59,6 +61,10 @@ def group_targets(graph: ChannelGraph, widths: Mapping[str, int]) -> dict[int, i
             continue
         if _uneven(graph, layer.out, gid):
             if width == layer.width:           # unchanged: the whole group must then stay (checked below)
+                kept.add(gid)
+                continue
+            if width == 0:                     # the whole group removed, if no other layer of it stays
+                zeroed.setdefault(gid, name)
                 continue
             raise ValueError(f"'{name}' covers its group's channels unevenly (it feeds only some groups of a grouped "
                              f"conv, or some of a concat's inputs feeding one): a width says how many channels stay, "
@@ -74,8 +80,17 @@ def group_targets(graph: ChannelGraph, widths: Mapping[str, int]) -> dict[int, i
             raise ValueError(f"'{name}' and '{other}' are tied (their channels change together) but were given "
                              f"widths {width} and {widths[other]}")
         targets[gid] = (target, name)
+    for gid, name in zeroed.items():
+        if gid in kept or (gid in targets and targets[gid][0]):
+            layer = graph.layers[name]
+            raise ValueError(f"'{name}' covers its group's channels unevenly (it feeds only some groups of a grouped "
+                             f"conv, or some of a concat's inputs feeding one): a width says how many channels stay, "
+                             f"not which, so apply_structure and expand cannot set it ({layer.width} -> 0) while "
+                             "other layers of its group stay; remove dead channels channel by channel with "
+                             "netmorph.prune instead")
+        targets[gid] = (0, name)
     for gid, name in uneven.items():
-        if gid in targets and targets[gid][0] != graph.groups[gid].width:
+        if gid in targets and targets[gid][0] not in (0, graph.groups[gid].width):
             raise ValueError(f"'{name}' covers its group's channels unevenly (it feeds only some groups of a grouped "
                              f"conv, or some of a concat's inputs feeding one), so its group cannot change width "
                              f"('{targets[gid][1]}' asks for {widths[targets[gid][1]]}); remove dead channels "

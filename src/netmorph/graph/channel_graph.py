@@ -126,15 +126,18 @@ class ChannelGraph:
             if len(ch) and not alive[ch].any() and not self.removable(group):
                 alive[strongest(ch)] = True
         gone = {g.id for g in self.groups if not alive[g.channels].any()}
-        for name, layer in self.layers.items():
-            if not len(layer.inputs) or name in self.summed:
-                continue
-            fed = set(self.group_of[layer.inputs].tolist()) - {int(self.group_of[layer.out[0]])}
-            if fed and fed <= gone and set(self.group_of[layer.out].tolist()) - gone:
-                ch = np.concatenate([self.groups[g].channels for g in sorted(fed)])
-                keep = strongest(ch)
-                alive[keep] = True
-                gone.discard(int(self.group_of[keep]))
+        changed = True
+        while changed:                 # a group kept may leave its own producer without inputs: repeat
+            changed = False
+            for name, layer in reversed(list(self.layers.items())):
+                if not len(layer.inputs) or name in self.summed:
+                    continue
+                fed = set(self.group_of[layer.inputs].tolist()) - {int(self.group_of[layer.out[0]])}
+                if fed and fed <= gone and set(self.group_of[layer.out].tolist()) - gone:
+                    keep = strongest(np.concatenate([self.groups[g].channels for g in sorted(fed)]))
+                    alive[keep] = True
+                    gone.discard(int(self.group_of[keep]))
+                    changed = True
         for gid in self.dead_towers(gone) - gone:
             alive[self.groups[gid].channels] = False
         return alive

@@ -80,7 +80,9 @@ class Hollow(torch.Tensor):
                     raise           # another tensor takes part (it could broadcast against the stand-in)
                 axis = _empty_axis(tensors[0])
                 out = func(*_stand_in(args), **_stand_in(kwargs))
-                out = _map(out, lambda t: t.narrow(axis, 0, 0) if t.dim() > axis else t)
+                if hasattr(out, "_fields") or any(t.dim() <= axis for t in _tensors(out)):
+                    raise           # a reduction over the channels: what the stand-in gave means nothing
+                out = _map(out, lambda t: t.narrow(axis, 0, 0))
         return _map(out, lambda t: t.as_subclass(Hollow) if t.numel() == 0 and t.dim() else t)
 
 
