@@ -57,6 +57,7 @@ def kill_random(reg, seed: int) -> np.ndarray:
 @given(networks)
 @example(([("concat", 2, 1), ("grouped", 1, 1)], 2, 0))    # found by the other test: uneven group, see resize._width
 @example(([("concat", 1, 1), ("maxpool", 1, 1)], 2, 35))    # found by the soak: every concat input dead, then a pool
+@example(([("grouped", 3, 1), ("depthwise", 2, 1)], 2, 1))    # found by the soak: depthwise, 2 channels per group
 def test_random_networks_prune_exactly_at_the_predicted_cost(case):
     model, x, seed = build(case)
     reg = regularizer_or_refusal(model, x)

@@ -228,8 +228,9 @@ def resize(model: nn.Module, graph: ChannelGraph, orders: dict[int, list], examp
                 _put(new, name, ConstantOutput(module, torch.zeros(out_w, **_like(module))))
             else:
                 groups = getattr(module, "groups", 1)
-                if groups > 1:
-                    groups = new_width[int(graph.group_of[layer.out[0]])]
+                if groups > 1:                 # the conv groups scale with the channel group they form
+                    g = int(graph.group_of[layer.out[0]])
+                    groups = groups * new_width[g] // graph.groups[g].width
                 _put(new, name, _fresh_layer(module, in_w, out_w, groups))
                 rebuilt.add(name)
         for name, cls in graph.norms.items():
