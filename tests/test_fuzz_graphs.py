@@ -76,6 +76,7 @@ def test_random_networks_prune_exactly_at_the_predicted_cost(case):
 @given(networks)
 @example(([("conv", 1, 1)], 6, 2))            # found by this test: expand's cost 29719.999999999996 for 29720
 @example(([("chunk_add", 1, 1)], 4, 0))        # found by the soak: expand widened a group a chunk interleaves
+@example(([("split_cat", 1, 1), ("split_cat", 1, 1), ("grouped", 1, 1)], 2, 0))    # the soak: a frozen uneven group
 @example(([("concat", 1, 1), ("grouped", 1, 1)], 2, 6))    # found by the soak: expand sized a pinned group's layers
 def test_random_structures_apply_at_the_cost_expand_predicted(case):
     model, x, seed = build(case)

@@ -106,7 +106,7 @@ def expand(model, example_inputs, structure, budget: float, resource: str = "flo
         g = int(graph.group_of[layer.out[0]])
         # a frozen layer keeps its width (its group may also hold channels no layer produces), and
         # so does a layer of a pinned group (it may cover part of the group only)
-        if g in pinned:
+        if g in pinned and g in widths:
             result[name] = layer.width if widths[g] else 0
         else:
             result[name] = layer.width // graph.groups[g].width * widths[g] if g in widths else layer.width
