@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import netmorph
+from netmorph.graph import supported_ops
 from tests.conftest import reference_flops
 from tests.test_prune import kill
 
@@ -83,3 +84,41 @@ def test_tas_on_resnet50_drops_whole_bottlenecks_and_derives_what_argmax_tas_com
     inputs = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(tas(inputs), derived(inputs), atol=1e-5)
+
+
+@pytest.mark.parametrize("shift", [True, False])
+def test_a_backbone_with_frozen_batchnorm_prunes_exactly_by_weight_norms(shift, one_thread):
+    """Detection and segmentation backbones load pretrained weights into torchvision's
+    FrozenBatchNorm2d (buffers, no parameters): it passes channels through and narrows with them. A
+    dead channel stays zero through it only where its shift is 0; elsewhere it would emit a constant
+    a 3x3 conv cannot absorb exactly, so those channels are left alone (not regularized)."""
+    import numpy as np
+    from torchvision.ops.misc import FrozenBatchNorm2d
+    torch.manual_seed(0)
+    model = tvm.resnet18(num_classes=10, norm_layer=FrozenBatchNorm2d).eval()
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            if shift:
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+    x = torch.randn(1, 3, 64, 64)
+    assert "FrozenBatchNorm2d" in supported_ops()
+    reg = netmorph.GroupLassoFlopsRegularizer(model, x)
+    assert netmorph.count_flops(model, x) == reference_flops(model, x)
+    assert reg.regularized.mean() < 0.05 if shift else reg.regularized.mean() > 0.9
+    if shift:
+        reasons = set(reg.graph.ungated["weight"].values())
+        assert any("without passing a layer whose weights could zero it" in r for r in reasons)
+        return
+    reg.zero_channels((np.random.default_rng(0).random(reg.graph.n_channels) < 0.3) & reg.regularized)
+    with torch.no_grad():
+        before = model(x)
+    small = netmorph.prune(model, reg).eval()
+    with torch.no_grad():
+        assert (small(x) - before).abs().max() <= 1e-5 * before.abs().max()
+    assert type(small.layer1[0].bn1) is FrozenBatchNorm2d
+    assert len(small.layer1[0].bn1.weight) == small.layer1[0].conv1.out_channels < 64
+    assert netmorph.count_flops(small, x) == reg.cost() == reference_flops(small, x)

@@ -313,6 +313,8 @@ def _fresh_norm(old: nn.Module, n: int) -> nn.Module:
             p = getattr(old, key, None)
             if isinstance(p, nn.Parameter):
                 setattr(new, key, nn.Parameter(p.new_full((n,), fill), requires_grad=p.requires_grad))
+            elif isinstance(p, torch.Tensor):                     # a buffer (torchvision's FrozenBatchNorm2d)
+                setattr(new, key, p.new_full((n,), fill))
         for key, fill in (("running_mean", 0.0), ("running_var", 1.0)):
             buf = getattr(old, key, None)
             if isinstance(buf, torch.Tensor):

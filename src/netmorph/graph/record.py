@@ -71,8 +71,15 @@ class Recording:
     modules: dict[str, nn.Module] = dataclasses.field(default_factory=dict)   # name -> module
 
 
+def is_frozen_batchnorm(module) -> bool:
+    """torchvision's ``FrozenBatchNorm2d`` itself (by its exact class, so torchvision need not be imported)."""
+    cls = type(module)
+    return cls.__name__ == "FrozenBatchNorm2d" and cls.__module__ == "torchvision.ops.misc"
+
+
 def _is_layer(module: nn.Module) -> bool:
-    return isinstance(module, LAYER_TYPES) and type(module).forward in {t.forward for t in LAYER_TYPES}
+    return (isinstance(module, LAYER_TYPES) and type(module).forward in {t.forward for t in LAYER_TYPES}) or \
+        is_frozen_batchnorm(module)
 
 
 def normalize_name(func: Any) -> str:

@@ -11,8 +11,9 @@ from __future__ import annotations
 from torch import nn
 
 from .. import removed as _removed
-from . import (batchnorm, binary, cat, conv, conv_transpose, functional_norm, groupnorm, layernorm, linear, permute,
-               pointwise, pool, reduce, removed, resample, reshape, split, unknown)
+from ..record import is_frozen_batchnorm
+from . import (batchnorm, binary, cat, conv, conv_transpose, frozen_batchnorm, functional_norm, groupnorm, layernorm,
+               linear, permute, pointwise, pool, reduce, removed, resample, reshape, split, unknown)
 
 LAYER_RULES = {
     nn.Conv1d: conv.conv, nn.Conv2d: conv.conv, nn.Conv3d: conv.conv,
@@ -34,7 +35,11 @@ for _module in (binary, cat, functional_norm, layernorm, permute, pointwise, poo
 
 def apply(builder, op) -> None:
     """Apply the op's rule, or freeze what it touches when there is none or it declines."""
-    rule = LAYER_RULES.get(type(op.module)) if op.module is not None else FUNCTION_RULES.get(op.name)
+    if op.module is None:
+        rule = FUNCTION_RULES.get(op.name)
+    else:
+        rule = LAYER_RULES.get(type(op.module)) or \
+            (frozen_batchnorm.frozen_batchnorm if is_frozen_batchnorm(op.module) else None)
     if rule is None or not rule(builder, op):
         unknown.freeze_op(builder, op, "no rule for this op" if rule is None else "outside what the rule can prove safe")
     builder.track_ancestors(op)
@@ -42,4 +47,4 @@ def apply(builder, op) -> None:
 
 def supported_ops() -> list[str]:
     """Names of the function ops and layer types that have a rule."""
-    return sorted(FUNCTION_RULES) + sorted(t.__name__ for t in LAYER_RULES)
+    return sorted(FUNCTION_RULES) + sorted([t.__name__ for t in LAYER_RULES] + ["FrozenBatchNorm2d"])
