@@ -18,7 +18,6 @@ it); the table to the "timm_zoo" section of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from pathlib import Path

@@ -13,8 +13,9 @@ from netmorph.graph.removed import ConstantOutput, Vanished
 from tests.fuzz_nets import randomize_norms
 
 
-def cbr(c_in, c_out, k=1):
-    return nn.Sequential(nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+def cbr(c_in, c_out, k=1, groups=1):
+    return nn.Sequential(nn.Conv2d(c_in, c_out, k, padding=k // 2, groups=groups, bias=False), nn.BatchNorm2d(c_out),
+                         nn.ReLU())
 
 
 class PoolBranch(nn.Module):
@@ -215,18 +216,13 @@ def test_a_hollow_tensor_passes_ops_that_reject_empty_tensors_and_nothing_else()
         h + torch.ones(2, 3, 4, 6)                # a real operand could broadcast against a stand-in: refused
 
 
-def cbr3(c_in, c_out, groups=1):
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, groups=groups, bias=False), nn.BatchNorm2d(c_out),
-                         nn.ReLU())
-
-
 class Cascade(nn.Module):
     """p reads cat(a, b); c reads cat(p, q): with a, b, p, q all dead, keeping a channel of p for c
     leaves p without inputs, so one of a, b must keep a channel too."""
 
     def __init__(self):
         super().__init__()
-        self.a, self.b, self.p, self.q, self.c = cbr3(3, 4), cbr3(3, 2), cbr3(6, 4), cbr3(3, 2), cbr3(6, 8)
+        self.a, self.b, self.p, self.q, self.c = cbr(3, 4, 3), cbr(3, 2, 3), cbr(6, 4, 3), cbr(3, 2, 3), cbr(6, 8, 3)
         self.fc = nn.Linear(8, 5)
 
     def forward(self, x):
@@ -240,7 +236,7 @@ class UnevenTower(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.stem, self.a, self.b, self.g, self.r1 = cbr3(3, 8), cbr3(8, 2), cbr3(8, 2), cbr3(4, 4, 2), cbr3(4, 6)
+        self.stem, self.a, self.b, self.g, self.r1 = cbr(3, 8, 3), cbr(8, 2, 3), cbr(8, 2, 3), cbr(4, 4, 3, 2), cbr(4, 6, 3)
         self.r2 = nn.Sequential(nn.Conv2d(6, 8, 1, bias=False), nn.BatchNorm2d(8))
         self.fc = nn.Linear(8, 5)
 

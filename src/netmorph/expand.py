@@ -42,13 +42,13 @@ def cost_floor(graph: ChannelGraph, resource="flops", hardware=None, round_to: i
     if widths is None:
         widths = {g: grp.width for g, grp in enumerate(graph.groups) if grp.frozen is None}
     frozen = widths_cost(graph, {g: 0 for g in widths}, resource, hardware)
-    return frozen, widths_cost(graph, _pin(graph, _scaled(widths, 0.0, round_to)), resource, hardware)
+    return frozen, widths_cost(graph, _pin(graph, set(graph.uneven()), _scaled(widths, 0.0, round_to)),
+                               resource, hardware)
 
 
-def _pin(graph: ChannelGraph, widths: dict[int, int]) -> dict[int, int]:
-    """``widths`` with every group a layer covers unevenly (:meth:`ChannelGraph.uneven`) back at its
-    own width unless removed: a width cannot say which of its channels stay."""
-    pinned = graph.uneven()
+def _pin(graph: ChannelGraph, pinned: set[int], widths: dict[int, int]) -> dict[int, int]:
+    """``widths`` with every group of ``pinned`` (those a layer covers unevenly, :meth:`ChannelGraph.uneven`)
+    back at its own width unless removed: a width cannot say which of its channels stay."""
     return {g: graph.groups[g].width if g in pinned and w else w for g, w in widths.items()}
 
 
@@ -79,15 +79,14 @@ def expand(model, example_inputs, structure, budget: float, resource: str = "flo
                          f"every changeable group at {round_to} channel(s)); raise the budget")
     # groups whose channels a layer interleaves across tied pieces (a chunk reads them) cannot widen
     # (resize refuses: new channels would land in the wrong piece): they grow at most back to their width
-    fixed = {int(graph.group_of[l.out[0]]) for l in graph.layers.values()
-             if 1 + int((l.out[1:] != l.out[:-1]).sum()) != len(np.unique(l.out))}
+    fixed = {int(graph.group_of[l.out[0]]) for l in graph.layers.values() if graph.interleaves(l.out)}
 
     # a group a layer covers unevenly keeps its width exactly, or stays removed
     pinned = set(graph.uneven())
 
     def scaled(omega):
-        return _pin(graph, {g: min(w, graph.groups[g].width) if g in fixed else w
-                            for g, w in _scaled(learned, omega, round_to).items()})
+        return _pin(graph, pinned, {g: min(w, graph.groups[g].width) if g in fixed else w
+                                    for g, w in _scaled(learned, omega, round_to).items()})
     cost = lambda w: widths_cost(graph, scaled(w), resource, hw)  # noqa: E731
     lo, hi = 0.0, 1.0
     while cost(hi) <= budget:                     # omega may exceed 1

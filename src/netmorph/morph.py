@@ -34,7 +34,8 @@ from .safeload import load_torch
 from .structure import Structure
 from .surgery import prune
 from . import dist, faults
-from .train import Interrupted, Recipe, evaluate as accuracy, fit, learning_rate, make_optimizer, train_epoch
+from .train import (Interrupted, Recipe, evaluate as accuracy, fit, learning_rate, load_training_state, make_optimizer,
+                    train_epoch, training_state)
 
 FAMILY = {("gamma", "flops"): R.GammaFlopsRegularizer, ("gamma", "size"): R.GammaModelSizeRegularizer,
           ("gamma", "latency"): R.GammaLatencyRegularizer, ("weight", "flops"): R.GroupLassoFlopsRegularizer,
@@ -198,7 +199,7 @@ def regularize(model, train, val, example_inputs, target: float, recipe: Recipe,
     """
     recipe = dataclasses.replace(recipe, schedule=schedule)
     reg = make_regularizer(model, example_inputs, resource, hardware, widths=True)
-    for gid, name in reg.graph.uneven().items():
+    for name in reg.kept_whole.values():
         log(f"keeping the channel group of '{name}' whole: it covers the group unevenly (say, one of a concat's "
             f"inputs feeding some groups of a grouped conv), so no width could say which channels stay")
     opt = make_optimizer(model, recipe, reg.source_parameters())
@@ -212,18 +213,13 @@ def regularize(model, train, val, example_inputs, target: float, recipe: Recipe,
                  "best": None, "position": None, "revived": [],
                  "death": [-1] * n, "last_value": reg.channel_values().detach().cpu().double().tolist()}
     else:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["generator"])
+        load_training_state(state, model, opt, gen)
         reg = make_regularizer(model, example_inputs, resource, hardware, widths=True)
-        if "torch_rng" in state:                 # the global generator (dropout, revived weights), as it was
-            torch.set_rng_state(state["torch_rng"])
     initial = state["initial"]
 
     def save(position=None):
         if checkpoint is not None:
-            checkpoint({**state, "model": model.state_dict(), "opt": opt.state_dict(), "generator": gen.get_state(),
-                        "torch_rng": torch.get_rng_state(), "position": position})
+            checkpoint({**state, **training_state(model, opt, gen), "position": position})
 
     steps = math.ceil(len(train[0]) / recipe.batch_size)
     approach_steps = max(1.0, approach * recipe.epochs * steps)
@@ -406,17 +402,11 @@ def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budg
     opt, gen = make_optimizer(model, final_recipe), torch.Generator().manual_seed(final_recipe.seed)
     done = state["train"] if state["stage"] == "final" else None
     if done is not None:
-        model.load_state_dict(done["model"])
-        opt.load_state_dict(done["opt"])
-        gen.set_state(done["generator"])
-        if "torch_rng" in done:
-            torch.set_rng_state(done["torch_rng"])
+        load_training_state(done, model, opt, gen)
 
     def keep_final(epoch, opt, gen, hist, position=None):
         state["stage"] = "final"
-        state["train"] = {"model": model.state_dict(), "opt": opt.state_dict(), "generator": gen.get_state(),
-                          "torch_rng": torch.get_rng_state(),
-                          "epoch": epoch, "history": hist, "position": position}
+        state["train"] = {**training_state(model, opt, gen), "epoch": epoch, "history": hist, "position": position}
         save()
     final_history = fit(model, train, val, final_recipe, log=log, checkpoint=keep_final,
                         start_epoch=done["epoch"] if done else 0, opt=opt, generator=gen, on_batch=on_batch,

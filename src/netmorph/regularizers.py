@@ -63,16 +63,18 @@ class _Regularizer:
         self._index = torch.as_tensor(np.concatenate([cls for _, cls in self._sources]))
         self._cached_key = None
         self._cached_w = None
+        #: groups left whole by :meth:`keep_uneven` (group id -> the layer covering it unevenly)
+        self.kept_whole: dict[int, str] = {}
 
     def keep_uneven(self) -> dict[int, str]:
         """Stop regularizing every group some layer covers unevenly (:meth:`ChannelGraph.uneven`):
         a width cannot say which of its channels stay, so a structure of widths must keep it whole.
         Those channels stay alive; returns the groups, each with the layer that covers it unevenly."""
-        uneven = self.graph.uneven()
-        for gid in uneven:
+        self.kept_whole = self.graph.uneven()
+        for gid in self.kept_whole:
             self.regularized[self.graph.groups[gid].channels] = False
         self._cached_key = None
-        return uneven
+        return self.kept_whole
 
     # -- per-channel values ------------------------------------------------------------------
     def _find_sources(self) -> list[tuple[nn.Module, np.ndarray]]:

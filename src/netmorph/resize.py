@@ -59,17 +59,14 @@ def group_targets(graph: ChannelGraph, widths: Mapping[str, int]) -> dict[int, i
             if width != layer.width:
                 raise ValueError(f"'{name}' cannot change width: {group.frozen}")
             continue
-        if _uneven(graph, layer.out, gid):
+        if graph.covers_unevenly(layer.out, gid):
             if width == layer.width:           # unchanged: the whole group must then stay (checked below)
                 kept.add(gid)
                 continue
             if width == 0:                     # the whole group removed, if no other layer of it stays
                 zeroed.setdefault(gid, name)
                 continue
-            raise ValueError(f"'{name}' covers its group's channels unevenly (it feeds only some groups of a grouped "
-                             f"conv, or some of a concat's inputs feeding one): a width says how many channels stay, "
-                             f"not which, so apply_structure and expand cannot set it ({layer.width} -> {width}); "
-                             "remove dead channels channel by channel with netmorph.prune instead")
+            raise _uneven_refusal(name, f"set it ({layer.width} -> {width})")
         mult = layer.width // group.width
         if width % mult:
             raise ValueError(f"width {width} of '{name}' must be a multiple of {mult} (it has {mult} output "
@@ -82,19 +79,12 @@ def group_targets(graph: ChannelGraph, widths: Mapping[str, int]) -> dict[int, i
         targets[gid] = (target, name)
     for gid, name in zeroed.items():
         if gid in kept or (gid in targets and targets[gid][0]):
-            layer = graph.layers[name]
-            raise ValueError(f"'{name}' covers its group's channels unevenly (it feeds only some groups of a grouped "
-                             f"conv, or some of a concat's inputs feeding one): a width says how many channels stay, "
-                             f"not which, so apply_structure and expand cannot set it ({layer.width} -> 0) while "
-                             "other layers of its group stay; remove dead channels channel by channel with "
-                             "netmorph.prune instead")
+            raise _uneven_refusal(name, f"set it ({graph.layers[name].width} -> 0) while other layers of its group stay")
         targets[gid] = (0, name)
     for gid, name in uneven.items():
         if gid in targets and targets[gid][0] not in (0, graph.groups[gid].width):
-            raise ValueError(f"'{name}' covers its group's channels unevenly (it feeds only some groups of a grouped "
-                             f"conv, or some of a concat's inputs feeding one), so its group cannot change width "
-                             f"('{targets[gid][1]}' asks for {widths[targets[gid][1]]}); remove dead channels "
-                             "channel by channel with netmorph.prune instead")
+            raise _uneven_refusal(name, f"change its group's width ('{targets[gid][1]}' asks for "
+                                        f"{widths[targets[gid][1]]})")
     gone = graph.dead_towers({g for g, (t, _) in targets.items() if t == 0 and graph.removable(graph.groups[g])})
     for reader, layer in graph.layers.items():
         fed = set(graph.group_of[layer.inputs].tolist()) - {int(graph.group_of[layer.out[0]])}
@@ -107,6 +97,13 @@ def group_targets(graph: ChannelGraph, widths: Mapping[str, int]) -> dict[int, i
             raise ValueError(f"'{name}' cannot have width 0: only a removable branch (a residual branch, or one "
                              "input of a concat) may disappear, with the layers that only feed it")
     return {**{g: t for g, (t, _) in targets.items()}, **{g: 0 for g in gone}}
+
+
+def _uneven_refusal(name: str, change: str) -> ValueError:
+    return ValueError(f"'{name}' covers its group's channels unevenly (it feeds only some groups of a grouped conv, "
+                      f"or some of a concat's inputs feeding one): a width says how many channels stay, not which, "
+                      f"so apply_structure and expand cannot {change}; remove dead channels channel by channel "
+                      "with netmorph.prune instead")
 
 
 def _without_removed(model: nn.Module, graph: ChannelGraph, widths: Mapping[str, int]) -> dict[str, int]:
@@ -209,8 +206,7 @@ def resize(model: nn.Module, graph: ChannelGraph, orders: dict[int, list], examp
     new_width = {g: len(o) for g, o in orders.items()}
     for name, layer in graph.layers.items():
         g = int(graph.group_of[layer.out[0]])
-        runs = 1 + int((layer.out[1:] != layer.out[:-1]).sum())
-        if new_width[g] > graph.groups[g].width and runs != len(np.unique(layer.out)):
+        if new_width[g] > graph.groups[g].width and graph.interleaves(layer.out):
             raise ValueError(f"cannot widen '{name}': its channels are interleaved across tied pieces (a chunk "
                              "or similar split reads them), and new channels would land in the wrong piece")
     new = copy.deepcopy(model)
@@ -265,13 +261,6 @@ def _record_copy(new: nn.Module, example) -> ChannelGraph:
 
 
 # -- widths -----------------------------------------------------------------------------------
-def _uneven(graph, cls: np.ndarray, g: int) -> bool:
-    """Whether the channel list ``cls`` (its members in group ``g``) covers that group's channels
-    unevenly: not every channel of the group, or not each the same number of times."""
-    ids, counts = np.unique(np.asarray(cls)[graph.group_of[cls] == g], return_counts=True)
-    return len(ids) != graph.groups[g].width or len(set(counts.tolist())) > 1
-
-
 def _width(graph, cls: np.ndarray, new_width, orders=None) -> int:
     """New length of a channel list (layer outputs, norm channels): each group scales by its ratio,
     except where the list covers a group's channels unevenly (a concat input feeding some groups of
@@ -279,7 +268,7 @@ def _width(graph, cls: np.ndarray, new_width, orders=None) -> int:
     total = 0
     for g in np.unique(graph.group_of[cls]).tolist():
         mine = cls[graph.group_of[cls] == g]
-        if orders is not None and _uneven(graph, mine, g):
+        if orders is not None and graph.covers_unevenly(mine, g):
             kept = {c for c in orders[g] if c is not None}
             total += sum(int(c) in kept for c in mine.tolist())
         else:

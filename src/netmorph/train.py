@@ -72,6 +72,22 @@ def make_optimizer(model: nn.Module, recipe: Recipe, no_decay=()) -> torch.optim
         lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.momentum > 0)
 
 
+def training_state(model: nn.Module, opt, generator: torch.Generator) -> dict:
+    """What continuing a training loop exactly needs: the weights, the optimizer, the generator of the
+    batch order and augmentation, and torch's global generator (dropout)."""
+    return {"model": model.state_dict(), "opt": opt.state_dict(), "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state()}
+
+
+def load_training_state(state: dict, model: nn.Module, opt, generator: torch.Generator) -> None:
+    """Put back what :func:`training_state` saved (checkpoints older than ``torch_rng`` lack it)."""
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    generator.set_state(state["generator"])
+    if "torch_rng" in state:
+        torch.set_rng_state(state["torch_rng"])
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
     """Top-1 accuracy of ``model`` (in eval mode) on ``x, y``."""

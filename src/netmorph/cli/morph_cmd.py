@@ -23,7 +23,7 @@ from ..expand import cost_floor
 from ..graph import GraphRecordError, build_graph
 from ..morph import absolute, make_regularizer, morph, replay, save_atomic
 from ..surgery import prune
-from ..train import Interrupted, fit, make_optimizer
+from ..train import Interrupted, fit, load_training_state, make_optimizer, training_state
 from . import common as C
 from .report import metrics, plot_training, plot_widths, speed_note, table
 
@@ -131,19 +131,14 @@ def train_resumable(model, data, recipe, ckpt: Path, label: str, stop, progress,
     opt, gen = make_optimizer(model, recipe), torch.Generator().manual_seed(recipe.seed)
     saved = C.load_run_file(ckpt)
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["opt"])
-        gen.set_state(saved["generator"])
-        if "torch_rng" in saved:                 # the global generator (dropout): resumed as it was
-            torch.set_rng_state(saved["torch_rng"])
+        load_training_state(saved, model, opt, gen)
         if saved["epoch"] >= recipe.epochs and saved["position"] is None:
             return saved["history"]
 
     def keep(epoch, opt, gen, hist, position=None):
         if dist.is_main():
-            save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "generator": gen.get_state(),
-                         "torch_rng": torch.get_rng_state(),
-                         "epoch": epoch, "history": hist, "position": position}, ckpt)
+            save_atomic({**training_state(model, opt, gen), "epoch": epoch, "history": hist, "position": position},
+                        ckpt)
     progress.stage(label, recipe.epochs - (saved["epoch"] if saved else 0),
                    math.ceil(len(data.train[0]) / recipe.batch_size))
     return train(model, data.train, data.val, recipe, log=lambda s: C.say(f"  {label}: {s}"), checkpoint=keep,

@@ -176,10 +176,21 @@ class ChannelGraph:
         found: dict[int, str] = {}
         for name, layer in self.layers.items():
             gid = int(self.group_of[layer.out[0]])
-            ids, counts = np.unique(layer.out[self.group_of[layer.out] == gid], return_counts=True)
-            if len(ids) != self.groups[gid].width or len(set(counts.tolist())) > 1:
+            if self.covers_unevenly(layer.out, gid):
                 found.setdefault(gid, name)
         return found
+
+    def covers_unevenly(self, cls: np.ndarray, g: int) -> bool:
+        """Whether the channel list ``cls`` (its members in group ``g``) covers that group's channels
+        unevenly: not every channel of the group, or not each the same number of times."""
+        ids, counts = np.unique(np.asarray(cls)[self.group_of[cls] == g], return_counts=True)
+        return len(ids) != self.groups[g].width or len(set(counts.tolist())) > 1
+
+    @staticmethod
+    def interleaves(cls: np.ndarray) -> bool:
+        """Whether the channel list ``cls`` repeats its channels interleaved (``[a, b, a, b]``, as a
+        chunk of tied pieces reads them) rather than in runs: new channels could not be placed in it."""
+        return 1 + int((cls[1:] != cls[:-1]).sum()) != len(np.unique(cls))
 
     def removable(self, group: Group) -> bool:
         """Can every channel of ``group`` go at once, the network still computing the same function?

@@ -64,8 +64,8 @@ class Hollow(torch.Tensor):
     ...), yet a removed branch may pass through them before reaching the concat that drops it. Each
     torch function called on a Hollow tensor first runs as it is; if it raises and no other tensor
     takes part, it runs on a stand-in with one zero channel where the Hollow one had none, and keeps
-    zero channels of the result. Results
-    with no elements stay Hollow, others are plain tensors, so nothing hollow leaves the dead branch.
+    zero channels of the result. Results with no elements stay Hollow, others are plain tensors, so
+    nothing hollow leaves the dead branch.
     """
 
     @classmethod
@@ -75,12 +75,13 @@ class Hollow(torch.Tensor):
             try:
                 out = func(*args, **kwargs)
             except RuntimeError:
-                tensors = list(_tensors((args, kwargs)))
+                from .record import flatten_tensors          # (record imports this module)
+                tensors = list(flatten_tensors((args, kwargs)))
                 if not all(isinstance(t, Hollow) for t in tensors):
                     raise           # another tensor takes part (it could broadcast against the stand-in)
                 axis = _empty_axis(tensors[0])
-                out = func(*_stand_in(args), **_stand_in(kwargs))
-                if hasattr(out, "_fields") or any(t.dim() <= axis for t in _tensors(out)):
+                out = func(*_map(args, _stand_in), **_map(kwargs, _stand_in))
+                if hasattr(out, "_fields") or any(t.dim() <= axis for t in flatten_tensors(out)):
                     raise           # a reduction over the channels: what the stand-in gave means nothing
                 out = _map(out, lambda t: t.narrow(axis, 0, 0))
         return _map(out, lambda t: t.as_subclass(Hollow) if t.numel() == 0 and t.dim() else t)
@@ -90,36 +91,24 @@ def _empty_axis(t: torch.Tensor) -> int:
     return next(i for i, n in enumerate(t.shape) if n == 0)
 
 
-def _tensors(obj):
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
-        for o in obj:
-            yield from _tensors(o)
-    elif isinstance(obj, dict):
-        for o in obj.values():
-            yield from _tensors(o)
-
-
 def _map(obj, fn):
+    """``obj`` with ``fn`` applied to every tensor inside its lists, tuples and dicts (named tuples kept)."""
     if isinstance(obj, torch.Tensor):
         return fn(obj)
     if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
         return type(obj)(_map(o, fn) for o in obj)
-    return obj
-
-
-def _stand_in(obj):
-    """``obj`` with every Hollow tensor replaced by zeros holding one channel where it had none."""
-    if isinstance(obj, Hollow):
-        shape = list(obj.shape)
-        shape[_empty_axis(obj)] = 1
-        return torch.zeros(shape, dtype=obj.dtype, device=obj.device)
-    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
-        return type(obj)(_stand_in(o) for o in obj)
     if isinstance(obj, dict):
-        return {k: _stand_in(v) for k, v in obj.items()}
+        return {k: _map(v, fn) for k, v in obj.items()}
     return obj
+
+
+def _stand_in(t: torch.Tensor) -> torch.Tensor:
+    """A Hollow tensor replaced by zeros holding one channel where it had none; other tensors as they are."""
+    if not isinstance(t, Hollow):
+        return t
+    shape = list(t.shape)
+    shape[_empty_axis(t)] = 1
+    return torch.zeros(shape, dtype=t.dtype, device=t.device)
 
 
 class Vanished(_Geometry):

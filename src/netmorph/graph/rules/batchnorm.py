@@ -21,15 +21,22 @@ def batchnorm(b, op) -> bool:
     if s is None or s.cdim != 1 or len(op.outputs) != 1 or x.shape[1] != n:
         return False
     name = op.module_name
+    if register_norm(b, name, x, s) and m.affine:
+        b.bn_sources.extend((name, i, e) for i, e in enumerate(s.elems.tolist()))
+    gate_bn = np.ones(len(s.elems), dtype=bool) if m.affine else s.gate_bn
+    b.set(op.outputs[0], Slots(1, s.elems, gate_bn, s.gate_w, s.source))
+    b.memory([x, op.outputs[0]])
+    return True
+
+
+def register_norm(b, name: str, x, s: Slots) -> bool:
+    """Record the per-channel norm ``name`` reading ``x`` (slots ``s``): it follows the layer that made
+    ``x``, and its channels are members of x's (tied to those of its first call when called again).
+    Returns whether this is its first call."""
     if x.id in b.producer:
         b.follows.setdefault(b.producer[x.id], name)
     if name in b.bns:
         b.tie(b.bns[name], s.elems)
-    else:
-        b.bns[name] = s.elems
-        if m.affine:
-            b.bn_sources.extend((name, i, e) for i, e in enumerate(s.elems.tolist()))
-    gate_bn = np.ones(len(s.elems), dtype=bool) if m.affine else s.gate_bn
-    b.set(op.outputs[0], Slots(1, s.elems, gate_bn, s.gate_w, s.source))
-    b.memory([x, op.outputs[0]])
+        return False
+    b.bns[name] = s.elems
     return True

@@ -10,10 +10,10 @@ for both regularizer families. Recognised by its exact class (a subclass is reco
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..builder import Slots
+from .batchnorm import register_norm
 
 
 def frozen_batchnorm(b, op) -> bool:
@@ -22,13 +22,7 @@ def frozen_batchnorm(b, op) -> bool:
     s = b.get(x)
     if s is None or s.cdim != 1 or len(op.outputs) != 1 or len(x.shape) != 4 or x.shape[1] != m.weight.numel():
         return False
-    name = op.module_name
-    if x.id in b.producer:
-        b.follows.setdefault(b.producer[x.id], name)
-    if name in b.bns:
-        b.tie(b.bns[name], s.elems)
-    else:
-        b.bns[name] = s.elems
+    register_norm(b, op.module_name, x, s)
     with torch.no_grad():
         scale = m.weight * (m.running_var + m.eps).rsqrt()
         zero = (m.bias - m.running_mean * scale == 0).cpu().numpy()
