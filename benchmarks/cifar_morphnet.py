@@ -166,16 +166,25 @@ def arm_morph(budget: float, round_to: int = 1):
     return run
 
 
-def arm_morph_warm(seed: int, budget: float = 0.5, shrink: float = 0.45, reg_epochs: int = 5):
+def cpu_profile():
+    """The measured latency profile of ResNet-20 on this CPU at batch 128, 2 threads (cached on disk)."""
+    from netmorph.latency import profile
+    return profile(resnet20(), EXAMPLE, "cpu", threads=2, batch=128)
+
+
+def arm_morph_warm(seed: int, budget: float = 0.5, shrink: float = 0.45, reg_epochs: int = 5,
+                   resource: str = "flops", round_to: int | None = None, suffix: str = ""):
     """MorphNet warm start: the trained baseline of ``seed`` regularized for ``reg_epochs`` (constant
     learning rate) down to ``shrink`` of its FLOPs, pruned exactly, widened to ``budget`` keeping every
     alive weight, fine-tuned for the rest of the baseline's epoch count (same total as the peer)."""
     def run(data, recipe):
-        name = f"morph_warm_{budget:.0%}_s{seed}"
+        name = f"morph_warm_{budget:.0%}_s{seed}{suffix}"
         recipe = replace(recipe, seed=seed)
         start = trained_baseline(seed).state_dict()
         t = time.time()
-        out = morph(resnet20, data[0], data[1], EXAMPLE, budget=budget, shrink=shrink,
+        hardware = cpu_profile() if resource == "latency" else None
+        out = morph(resnet20, data[0], data[1], EXAMPLE, budget=budget, shrink=shrink, resource=resource,
+                    hardware=hardware, round_to=round_to,
                     recipe=replace(recipe, epochs=reg_epochs), final_recipe=replace(recipe, epochs=recipe.epochs - reg_epochs),
                     init="keep", start_state=start, checkpoint_path=CACHE / f"{name}.pt",
                     log=lambda s: print(f"[{name}] {s}", flush=True))
@@ -187,6 +196,8 @@ def arm_morph_warm(seed: int, budget: float = 0.5, shrink: float = 0.45, reg_epo
                 "learned": info.learned.to_dict(), "learned_flops": info.learned_cost, "costs": info.cost_history,
                 "reg_val": info.val_history, "reached_target": info.reached_target,
                 "structure": out["structure"].to_dict(), "omega": out["structure"].omega,
+                "resource": resource, "round_to": out["structure"].round_to,
+                "rounding_note": out["structure"].rounding_note,
                 "ledger": {"baseline": recipe.epochs, "regularized": reg_epochs,
                            "fine-tune": recipe.epochs - reg_epochs, "total": 2 * recipe.epochs}}
     return run
@@ -196,7 +207,12 @@ ARMS = {"baseline": arm_baseline, "uniform_0.7": arm_uniform, "morph_regularize"
         "morph_50%": arm_morph(0.5), "morph_100%": arm_morph(1.0), "morph_50%_r8": arm_morph(0.5, round_to=8),
         **{f"baseline_s{s}": arm_seeded_baseline(s) for s in (1, 2)},
         **{f"peer_50%_s{s}": arm_peer(s) for s in (0, 1, 2)},
-        **{f"morph_warm_50%_s{s}": arm_morph_warm(s) for s in (0, 1, 2)}}
+        **{f"morph_warm_50%_s{s}": arm_morph_warm(s) for s in (0, 1, 2)},
+        # the latency issue's arms: the measured CPU profile as the resource (rounding chosen from it),
+        # and the FLOPs arm with widths rounded to 8, both on the warm recipe
+        "morph_warm_50%_s0_latency": arm_morph_warm(0, 0.5, resource="latency", suffix="_latency"),
+        "morph_warm_100%_s0_latency": arm_morph_warm(0, 1.0, resource="latency", suffix="_latency"),
+        "morph_warm_50%_s0_r8": arm_morph_warm(0, 0.5, round_to=8, suffix="_r8")}
 
 
 def main():

@@ -6,8 +6,10 @@ topology ties together. Costs, regularizers, pruning, expansion and search all r
 from .costs import HARDWARE, RESOURCES, Hardware, count_flops, count_params
 from .expand import expand
 from .explain import explain
+from .export import export_onnx, export_program
 from .graph import ChannelGraph, GraphRecordError, build_graph
 from . import models
+from .latency import DeviceProfile, profile
 from .load import load
 from .regularizers import (GammaFlopsRegularizer, GammaLatencyRegularizer, GammaModelSizeRegularizer,
                            GroupLassoFlopsRegularizer, GroupLassoLatencyRegularizer,
@@ -22,5 +24,6 @@ __all__ = [
     "GraphRecordError", "build_graph", "models", "Structure", "prune", "PruneReport", "apply_structure", "expand", "load",
     "GammaFlopsRegularizer", "GammaModelSizeRegularizer", "GammaLatencyRegularizer",
     "TAS", "kd_loss", "distill", "GroupLassoFlopsRegularizer", "GroupLassoModelSizeRegularizer", "GroupLassoLatencyRegularizer",
+    "DeviceProfile", "profile", "export_onnx", "export_program",
 ]
 __version__ = "0.1.0"

@@ -6,8 +6,10 @@ Three resources (METHODS.md 1.2 and 1.5), each a sum over ops:
   (batch included). Terms a rule understands are ``coef * alive_in * alive_out``; everything else
   (frozen layers, attention products) is a constant measured by ``torch.utils.flop_counter``.
 - ``"size"``: weights of convolutions and linear layers, ``kernel * alive_in * alive_out``.
-- ``"latency"``: roofline, per op ``max(flops / peak, bytes / bandwidth)`` in nanoseconds, where
-  bytes are the op's input and output activations (alive channels only) plus its weights.
+- ``"latency"``: nanoseconds. With a :class:`Hardware` a roofline, per op ``max(flops / peak,
+  bytes / bandwidth)``, where bytes are the op's input and output activations (alive channels only)
+  plus its weights; with a measured :class:`netmorph.latency.DeviceProfile` the sum of its measured
+  per-op times (``latency:cpu`` on the command line).
 """
 from __future__ import annotations
 
@@ -50,9 +52,11 @@ HARDWARE = {
 }
 
 
-def get_hardware(hardware) -> Hardware:
-    """A :class:`Hardware` from a name in :data:`HARDWARE` (case-insensitive) or a Hardware itself."""
-    if isinstance(hardware, Hardware):
+def get_hardware(hardware):
+    """A :class:`Hardware` from a name in :data:`HARDWARE` (case-insensitive), a Hardware itself, or a
+    measured :class:`netmorph.latency.DeviceProfile` (returned as it is)."""
+    from .latency import DeviceProfile
+    if isinstance(hardware, (Hardware, DeviceProfile)):
         return hardware
     if isinstance(hardware, str):
         for name, hw in HARDWARE.items():
@@ -115,6 +119,8 @@ def evaluate(graph: ChannelGraph, alive: np.ndarray, resource: str = "flops", ha
     if resource == "size":
         return float((graph.pieces.size * piece_products(graph, alive)).sum() + graph.const_size)
     hw = get_hardware(hardware if hardware is not None else "V100")
+    if not isinstance(hw, Hardware):
+        return hw.cost(graph, alive)                  # a measured device profile
     compute = op_flops(graph, alive) / hw.peak_gflops
     memory = op_bytes(graph, alive, hw.bytes_per_element) / hw.bandwidth_gbs
     return float(np.maximum(compute, memory).sum())

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .costs import check_resource, evaluate, get_hardware
+from .costs import Hardware, check_resource, evaluate, get_hardware
 from .graph import ChannelGraph, build_graph
 from .resize import group_targets
 from .structure import Structure
@@ -53,23 +53,39 @@ def _pin(graph: ChannelGraph, pinned: set[int], widths: dict[int, int]) -> dict[
 
 
 def expand(model, example_inputs, structure, budget: float, resource: str = "flops", hardware=None,
-           round_to: int = 1) -> Structure:
+           round_to: int | None = None) -> Structure:
     """``omega * O'`` for the largest ``omega`` whose cost is at most ``budget`` (absolute units).
 
     Every changeable group's width becomes ``max(round_to, omega * O'_g rounded to a multiple of
     round_to)``; groups at 0 (removed branches) stay removed; frozen groups keep their width; omega
     may exceed 1. A budget below what the frozen part alone costs, or below the smallest structure
     (every changeable group at ``round_to``), is a ``ValueError`` saying which.
+
+    ``round_to=None`` is 1, except with a measured device profile (``hardware`` a
+    :class:`~netmorph.latency.DeviceProfile`): then the multiple the device is fast at
+    (:meth:`~netmorph.latency.DeviceProfile.rounding`); the result's ``round_to`` and
+    ``rounding_note`` say which and why. Measured time is not monotone in width (24 channels can run
+    slower than 32), so with a profile omega is found by evaluating every omega at which some width
+    changes, not by bisection.
     """
     check_resource(resource)
     hw = get_hardware(hardware if hardware is not None else "V100") if resource == "latency" else None
+    measured = hw is not None and not isinstance(hw, Hardware)
     if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
         raise ValueError(f"budget must be a positive number in the resource's unit, got {budget!r}")
-    if not (isinstance(round_to, int) and round_to >= 1):
+    if round_to is not None and not (isinstance(round_to, int) and round_to >= 1):
         raise ValueError(f"round_to must be a positive integer, got {round_to!r}")
     graph = build_graph(model, example_inputs)
     named = group_targets(graph, structure)
     learned = {g: named.get(g, grp.width) for g, grp in enumerate(graph.groups) if grp.frozen is None}
+    note = None
+    if round_to is None and measured:
+        round_to, relative = hw.rounding(graph)
+        note = (f"widths rounded to multiples of {round_to}, the multiple the device ({hw.name}) is fast at: predicted "
+                "layer time of uniformly narrowed networks over its straight-line fit, relative to the best multiple: "
+                + ", ".join(f"{r}: {v:.2f}" for r, v in relative.items()))
+    elif round_to is None:
+        round_to = 1
     frozen_cost, smallest = cost_floor(graph, resource, hw, round_to, learned)
     if budget < frozen_cost:
         raise ValueError(f"budget {budget:,.6g} is below the cost of the part of the network that cannot change "
@@ -88,17 +104,7 @@ def expand(model, example_inputs, structure, budget: float, resource: str = "flo
         return _pin(graph, pinned, {g: min(w, graph.groups[g].width) if g in fixed else w
                                     for g, w in _scaled(learned, omega, round_to).items()})
     cost = lambda w: widths_cost(graph, scaled(w), resource, hw)  # noqa: E731
-    lo, hi = 0.0, 1.0
-    while cost(hi) <= budget:                     # omega may exceed 1
-        lo, hi = hi, hi * 2
-        if hi > 1e4:
-            break
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if cost(mid) <= budget:
-            lo = mid
-        else:
-            hi = mid
+    lo = _scan(learned, round_to, cost, budget) if measured else _bisect(cost, budget)
     widths = scaled(lo)
     result = {}
     for name, layer in graph.layers.items():
@@ -113,4 +119,42 @@ def expand(model, example_inputs, structure, budget: float, resource: str = "flo
                     input_shapes=[list(t.shape) for t in graph.example_inputs])
     out.omega = lo
     out.cost = cost(lo)
+    out.round_to = round_to
+    out.rounding_note = note
     return out
+
+
+def _bisect(cost, budget: float) -> float:
+    """The largest omega with ``cost(omega) <= budget``, for a cost that grows with omega."""
+    lo, hi = 0.0, 1.0
+    while cost(hi) <= budget:                     # omega may exceed 1
+        lo, hi = hi, hi * 2
+        if hi > 1e4:
+            break
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if cost(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _scan(learned: dict[int, int], round_to: int, cost, budget: float, limit: int = 4000) -> float:
+    """The largest omega with ``cost(omega) <= budget`` when the cost is not monotone in omega: the
+    widths only change where ``omega * w / round_to`` crosses a half, so every such point (just past
+    it) is evaluated, up to where the cost is well past the budget (at most ``limit`` points,
+    evenly thinned beyond that)."""
+    hi = 1.0
+    while cost(hi) <= 1.5 * budget and hi < 1e4:
+        hi *= 2
+    points = {0.0}
+    for w in learned.values():
+        if w:
+            k = np.arange(1, int(hi * w / round_to) + 2)
+            points.update(((k - 0.5) * round_to / w * (1 + 1e-9)).tolist())
+    points = np.array(sorted(p for p in points if p <= hi))
+    if len(points) > limit:
+        points = points[np.linspace(0, len(points) - 1, limit).astype(int)]
+    feasible = [p for p in points if cost(p) <= budget]
+    return float(max(feasible)) if feasible else 0.0

@@ -322,7 +322,7 @@ def replay(model: nn.Module, rounds: list, example_inputs, seed: int, reference:
 
 def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budget="100%", shrink="50%",
           resource="flops", hardware=None, rounds: int = 1, recipe: Recipe | None = None,
-          final_recipe: Recipe | None = None, round_to: int = 1, log: Callable = print,
+          final_recipe: Recipe | None = None, round_to: int | None = None, log: Callable = print,
           checkpoint_path=None, on_batch=None, stop=None, on_stage=None, init: str = "fresh",
           start_state: dict | None = None) -> dict:
     """MorphNet's Algorithm 1 on the network ``build_model()`` returns.
@@ -387,6 +387,8 @@ def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budg
                                                  checkpoint=keep)
         structure = expand(model, example_inputs, learned, budget_abs, resource, hardware, round_to)
         info.expanded = structure
+        if getattr(structure, "rounding_note", None):
+            log(structure.rounding_note)
         history.append(info)
         state["rounds"].append(info.to_dict())
         state["learned_models"].append(info.state)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .costs import check_resource, evaluate, get_hardware, op_bytes, op_flops, piece_counts
+from .costs import Hardware, check_resource, evaluate, get_hardware, op_bytes, op_flops, piece_counts
 from .graph import build_graph
 from .structure import Structure
 
@@ -63,6 +63,7 @@ class _Regularizer:
         self._index = torch.as_tensor(np.concatenate([cls for _, cls in self._sources]))
         self._cached_key = None
         self._cached_w = None
+        self._surrogate = None
         #: groups left whole by :meth:`keep_uneven` (group id -> the layer covering it unevenly)
         self.kept_whole: dict[int, str] = {}
 
@@ -170,6 +171,11 @@ class _Regularizer:
             coef, mem = p.flops, np.zeros(len(g.mem_op))
         elif self.resource == "size":
             coef, mem = p.size, np.zeros(len(g.mem_op))
+        elif not isinstance(self.hardware, Hardware):
+            # a measured device profile: its smooth, monotone surrogate (time is not monotone in width)
+            per_flop, per_elem = self._surrogate if self._surrogate is not None else self.hardware.surrogate(g)
+            self._surrogate = (per_flop, per_elem)
+            coef, mem = p.flops * per_flop[p.op], g.mem_scale * per_elem[g.mem_op]
         else:
             hw = self.hardware
             compute_bound = op_flops(g, alive) / hw.peak_gflops >= op_bytes(g, alive, hw.bytes_per_element) / hw.bandwidth_gbs

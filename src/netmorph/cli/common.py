@@ -29,21 +29,47 @@ class UsageError(Exception):
 
 
 def parse_resource(text: str) -> tuple[str, str | None]:
-    """``flops``, ``size``, ``latency`` or ``latency:HW`` -> (resource, hardware name or None)."""
+    """``flops``, ``size``, ``latency``, ``latency:HW`` (a roofline of :data:`~netmorph.costs.HARDWARE`),
+    ``latency:cpu``, ``latency:cpu@BATCH``, ``latency:cuda`` (measured here) or ``latency:FILE.json``
+    (a profile measured elsewhere) -> (resource, hardware spec or None). Measured specs become a
+    profile in :func:`resolve_hardware`, once the model is known."""
+    from ..latency import ProfileError, parse_target
     kind, _, hw = text.partition(":")
     if kind not in ("flops", "size", "latency"):
-        raise UsageError(f"unknown --resource {text!r}: use flops, size, latency or latency:HW "
-                         f"(HW one of {', '.join(HARDWARE)})")
+        raise UsageError(f"unknown --resource {text!r}: use flops, size, latency:cpu, latency:cuda, "
+                         f"latency:PROFILE.json or latency:HW (a roofline, HW one of {', '.join(HARDWARE)})")
     if hw and kind != "latency":
-        raise UsageError(f"--resource {text!r}: only latency takes a hardware name (latency:{hw})")
+        raise UsageError(f"--resource {text!r}: only latency takes a device (latency:{hw})")
     if kind == "latency":
         hw = hw or "V100"
         try:
             get_hardware(hw)
         except ValueError:
-            raise UsageError(f"unknown hardware {hw!r} in --resource {text}: known hardware is "
-                             f"{', '.join(HARDWARE)}") from None
+            target = None
+            try:
+                target = parse_target(hw)
+            except ProfileError as e:
+                raise UsageError(str(e)) from None
+            if "path" in target and not (hw.endswith(".json") or os.path.exists(hw)):
+                raise UsageError(f"unknown hardware {hw!r} in --resource {text}: use latency:cpu (measured on this "
+                                 f"machine), latency:cuda, latency:PROFILE.json, or a roofline: {', '.join(HARDWARE)}")
     return kind, hw or None
+
+
+def resolve_hardware(resource: str, hw: str | None, model: nn.Module, example):
+    """The hardware :func:`parse_resource` named: a roofline name stays a name; ``cpu``/``cuda``/a file
+    becomes a measured :class:`~netmorph.latency.DeviceProfile` (measured now, or read from the cache)."""
+    if resource != "latency" or hw is None:
+        return hw
+    try:
+        return get_hardware(hw)
+    except ValueError:
+        pass
+    from ..latency import ProfileError, resolve
+    try:
+        return resolve(hw, model, example)
+    except ProfileError as e:
+        raise UsageError(str(e)) from None
 
 
 def parse_amount(text: str, what: str, below_100: bool = False):

@@ -25,7 +25,7 @@ from ..morph import absolute, make_regularizer, morph, replay, save_atomic
 from ..surgery import prune
 from ..train import Interrupted, fit, load_training_state, make_optimizer, training_state
 from . import common as C
-from .report import metrics, plot_training, plot_widths, speed_note, table
+from .report import metrics, onnx_files, plot_training, plot_widths, speed_note, table
 
 EPILOG = """examples:
   netmorph morph                                   # built-in digits + tiny CNN, FLOPs budget 100%
@@ -49,7 +49,9 @@ def add_parser(sub) -> None:
                    "expanded to the budget: a percentage (below 100%%) of the current cost or an absolute cost. "
                    "Default: 50%%, deep enough to show which layers matter, shallow enough to reach in a short run")
     p.add_argument("--rounds", type=C.positive_int, default=1, help="shrink-expand rounds (default 1)")
-    p.add_argument("--round-to", type=C.positive_int, default=1, help="widths become multiples of this (default 1)")
+    p.add_argument("--round-to", type=C.positive_int, default=None,
+                   help="widths become multiples of this (default: 1, or with latency:cpu/cuda/FILE the multiple the "
+                   "measured device is fast at, stated in the log)")
     p.add_argument("--no-baseline", action="store_true", help="do not train the original network for comparison")
     p.add_argument("--init", choices=("keep", "fresh"), default=None, help="keep (the default when there are "
                    "trained weights): regularize the trained original (--checkpoint, else the baseline this run "
@@ -181,6 +183,7 @@ def run(args) -> int:
     budget = C.parse_amount(args.budget, "--budget")
     shrink = C.parse_amount(args.shrink, "--shrink", below_100=True)
     data, build, recipe, out = setup(args, "morph")
+    hardware = C.resolve_hardware(resource, hardware, build(), data.example)
     from ..costs import count_cost
     original_cost = count_cost(build(), data.example, resource, hardware)
     budget_abs = absolute(budget, original_cost, "budget")
@@ -252,6 +255,7 @@ def report(args, out, data, build, recipe, resource, hardware, result, baseline,
     torch.save(final.state_dict(), out / "final" / "model.pt")
     models = {"original": baseline if baseline is not None else build(), "learned": learned, "final": final}
     rows = metrics(models, data.test, example, resource, hardware)
+    onnx_note = onnx_files(models, rows, out, data, hardware)
     if baseline is None:
         rows["original"]["test_acc"] = None
     last = result["rounds"][-1]
@@ -282,6 +286,8 @@ def report(args, out, data, build, recipe, resource, hardware, result, baseline,
     verdict = beat_line(rows)
     if verdict:
         text += [verdict, ""]
+    if onnx_note:
+        text += [onnx_note, ""]
     text += closing_lines(args, data, rows, resource, widths_ok and curves_ok)
     (out / "metrics.md").write_text("\n".join(text) + "\n")
     summary = {"models": rows, "budget": result["budget"], "original_cost": result["original_cost"],

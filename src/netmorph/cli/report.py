@@ -8,6 +8,7 @@ reported, so machine noise hits all of them alike. Pictures need matplotlib (``p
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,17 +39,75 @@ def measure_latency(models: dict, x: torch.Tensor, repeats: int = 20, warmup: in
 
 
 def metrics(models: dict, test, example, resource: str, hardware, batch: int = 64) -> dict:
-    """Accuracy, FLOPs, parameters, the chosen resource and measured latency of every model."""
+    """Accuracy, FLOPs, parameters, the chosen resource and measured latency of every model. With a
+    measured CPU profile as the resource, latency is measured at the profile's batch and threads, so
+    the predicted and measured rows are comparable."""
+    from ..latency import DeviceProfile
+    threads = torch.get_num_threads()
+    if isinstance(hardware, DeviceProfile) and hardware.key["device"] == "cpu":
+        batch = hardware.key["batch"]
+        torch.set_num_threads(hardware.key["threads"] or threads)
     xb = test[0][:batch]
-    latency = measure_latency(models, xb)
+    if len(xb) < batch:                       # a small test set: repeat it up to the batch
+        xb = xb.repeat((batch + len(xb) - 1) // len(xb), *[1] * (xb.dim() - 1))[:batch]
+    try:
+        latency = measure_latency(models, xb)
+    finally:
+        torch.set_num_threads(threads)
     out = {}
     for name, m in models.items():
         row = {"test_acc": evaluate(m, *test), "test_n": len(test[1]), "flops": count_flops(m, example), "params": count_params(m),
                "latency_ms": latency[name], "latency_batch": len(xb)}
         if resource != "flops":
             row[resource] = count_cost(m, example, resource, hardware)
+        if isinstance(hardware, DeviceProfile):
+            row["latency_profile"] = hardware.name
         out[name] = row
     return out
+
+
+def onnx_files(models: dict, rows: dict, out, data, hardware=None) -> str | None:
+    """Write the final network to ``out/final/model.onnx`` (when ``onnx`` is installed), check it in
+    onnxruntime, and add every network's onnxruntime latency to ``rows`` (same batch as PyTorch's,
+    interleaved). Returns a line for metrics.md, or None when the extra is not installed."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    import tempfile
+    from ..export import ExportError, check_onnx, export_onnx
+    batch = rows[next(iter(rows))]["latency_batch"]
+    x = data.test[0][:batch]
+    if len(x) < batch:
+        x = x.repeat((batch + len(x) - 1) // len(x), *[1] * (x.dim() - 1))[:batch]
+    sessions = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, m in models.items():
+            path = out / "final" / "model.onnx" if name == "final" else Path(tmp) / f"{name}.onnx"
+            try:
+                export_onnx(m, x[:2], path)
+            except ExportError as e:
+                if name == "final":
+                    return f"ONNX export of the final network failed: {e}"
+                continue
+            options = ort.SessionOptions()
+            threads = getattr(hardware, "key", {}).get("threads") or torch.get_num_threads()
+            options.intra_op_num_threads = threads
+            sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        diff = check_onnx(models["final"], out / "final" / "model.onnx", x[:4])
+        feed = x.numpy()
+        times = {k: [] for k in sessions}
+        for i in range(3 + 20):
+            for name, sess in sessions.items():
+                t = time.perf_counter()
+                sess.run(None, {sess.get_inputs()[0].name: feed})
+                if i >= 3:
+                    times[name].append(time.perf_counter() - t)
+    for name, v in times.items():
+        rows[name]["onnx_ms"] = 1000 * float(np.median(v))
+    return (f"final/model.onnx: the final network as ONNX (dynamic batch); onnxruntime's outputs differ from "
+            f"PyTorch's by at most {diff:.2g}.")
 
 
 def speed_note(rows: dict, resource: str, model: str = "final", slack: float = 0.15) -> str | None:
@@ -64,6 +123,10 @@ def speed_note(rows: dict, resource: str, model: str = "final", slack: float = 0
     if time_ <= cost + slack:
         return None
     what = {"flops": "FLOPs", "size": "model size", "latency": "roofline latency"}[resource]
+    if "latency_profile" in row:
+        return (f"Note: the {model} network measured {time_:.0%} of the original's time where the device profile "
+                f"predicted {cost:.0%}. The machine may have been busy while measuring, or the profile is stale "
+                "(profiles are kept in ~/.cache/netmorph/profiles; delete the file to measure again).")
     return (f"Note: on this CPU the {model} network takes {time_:.0%} of the original's measured time for "
             f"{cost:.0%} of its {what}: {what} is not CPU time here. Widths that are not multiples of 8 run "
             "slowly on CPUs: rerun with --round-to 8 (on CIFAR-10 the same MorphNet structure went from 96% to "
@@ -93,10 +156,14 @@ def table(rows: dict, resource: str) -> str:
     line("parameters", "params", lambda v: f"{v:,.0f}")
     if resource == "size":
         line("model size (weights)", "size", lambda v: f"{v:,.0f}")
-    if resource == "latency":
+    if resource == "latency" and "latency_profile" in first:
+        line(f"predicted latency (ms, {first['latency_profile']})", "latency", lambda v: f"{v / 1e6:.2f}")
+    elif resource == "latency":
         line("roofline latency (ns)", "latency", lambda v: f"{v:,.0f}")
     batch = rows[names[0]]["latency_batch"]
     line(f"measured CPU latency (ms, batch {batch})", "latency_ms", lambda v: f"{v:.2f}")
+    if any("onnx_ms" in r for r in rows.values()):
+        line(f"onnxruntime CPU latency (ms, batch {batch})", "onnx_ms", lambda v: f"{v:.2f}")
     return "\n".join(lines)
 
 
