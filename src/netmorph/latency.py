@@ -7,9 +7,9 @@ instead:
 
 - every convolution and linear layer of the network, by its *signature* (kind, kernel, stride,
   padding, dilation, bias, input spatial size or token shape, channels per conv group), is timed
-  alone on a grid of input x output widths (:func:`axis_grid`: a few small widths, multiples of 8,
-  and the width just below each multiple of 16, up to 1.5x the layer's width); a grouped or
-  depthwise convolution on a grid of conv-group counts;
+  alone on a grid of input x output widths (:func:`axis_grid`: a few small widths, the layers' own,
+  multiples of 8 and the width just below the multiples of 16 next to them, up to 1.5x the widest);
+  a grouped or depthwise convolution on a grid of conv-group counts;
 - every other op kind (norms, activations, additions, pooling, concatenation, copies) is timed at
   a range of sizes and fitted as ``overhead + seconds per element``.
 
@@ -168,21 +168,25 @@ def layer_signature(op) -> tuple[Signature, int, int] | None:
     return None
 
 
-def axis_grid(width: int, headroom: float = 1.5) -> list[int]:
-    """Widths one axis of a layer is timed at: 1, 2, 4, the width itself, multiples of 8 up to
-    ``headroom x width`` (at most 12 of them, spaced geometrically when the layer is wide), and the
-    width just below each multiple of 16 among them (where unaligned widths show their cost)."""
-    top = max(width, int(math.ceil(width * headroom / 8)) * 8)
+def axis_grid(widths, headroom: float = 1.5, most: int = 12) -> list[int]:
+    """Widths one axis of a layer signature is timed at, for layers of ``widths`` (one or several):
+    1, 2, 4, each width itself, multiples of 8 up to ``headroom x`` the largest (at most ``most``,
+    spaced geometrically when the layers are wide, always keeping the multiples of 16 next to each
+    width), and the width just below each multiple of 16 next to a width (where unaligned widths show
+    their cost)."""
+    widths = sorted({int(w) for w in np.atleast_1d(widths)})
+    top = max(widths[-1], int(math.ceil(widths[-1] * headroom / 8)) * 8)
     aligned = list(range(8, top + 1, 8))
-    if len(aligned) > 12:
-        picks = np.unique(np.round(np.geomspace(8, top, 12) / 8).astype(int) * 8)
-        aligned = sorted({int(a) for a in picks} | {int(math.ceil(width / 16)) * 16})
-    probes = [a - 1 for a in aligned if a % 16 == 0]
-    return sorted({w for w in (1, 2, 4, width, *aligned, *probes) if 1 <= w <= top})
+    near = {int(math.ceil(w / 16)) * 16 for w in widths} | {max(16, w // 16 * 16) for w in widths}
+    if len(aligned) > most:
+        picks = np.round(np.geomspace(8, top, most) / 8).astype(int) * 8
+        aligned = sorted({int(a) for a in picks} | {a for a in near if a <= top})
+    probes = [a - 1 for a in aligned if a % 16 == 0 and (len(aligned) <= most or a in near)]
+    return sorted({w for w in (1, 2, 4, *widths, *aligned, *probes) if 1 <= w <= top})
 
 
 # -- timing ----------------------------------------------------------------------------------
-def _time(fn, device: str, min_seconds: float = 0.02, reps: int = 5) -> float:
+def _time(fn, device: str, min_seconds: float = 0.01, reps: int = 3) -> float:
     """Median seconds of ``fn()`` after a warm-up, over at least ``reps`` runs or ``min_seconds``."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     fn()
@@ -341,9 +345,10 @@ class DeviceProfile:
             if found is not None and found[0].key not in self.tables:
                 sig, n_in, n_out = found
                 _, ins, outs = out.setdefault(sig.key, (sig, set(), set()))
-                ins.update(axis_grid(n_in))
-                outs.update([0] if sig.grouped else axis_grid(n_out))
-        return [(sig, sorted(ins), sorted(outs)) for sig, ins, outs in out.values()]
+                ins.add(n_in)
+                outs.add(n_out)
+        return [(sig, axis_grid(sorted(ins)), [0] if sig.grouped else axis_grid(sorted(outs)))
+                for sig, ins, outs in out.values()]
 
     def measure(self, graph, progress=None) -> int:
         """Time every layer signature of ``graph`` not yet in the profile, and every op kind.
