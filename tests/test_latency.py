@@ -237,3 +237,17 @@ def test_profile_command_writes_a_file_expand_reads(tmp_path, capsys):
     full = count_cost(model, x, "latency", prof)
     built = netmorph.apply_structure(model, expanded, example_inputs=x)
     assert count_cost(built, x, "latency", prof) <= 0.9 * full
+
+
+def test_morph_with_the_measured_cpu_latency_reports_prediction_next_to_measurement(tmp_path):
+    out = tmp_path / "run"
+    assert main(["morph", "--resource", "latency:cpu", "--budget", "95%", "--epochs", "1", "--batch-size", "128",
+                 "--no-baseline", "--out", str(out)]) == 0
+    text = (out / "metrics.md").read_text()
+    assert "| predicted latency (ms, measured cpu" in text and "| measured CPU latency (ms, batch 1)" in text
+    assert "Widths rounded to multiples of" in text
+    rows = json.loads((out / "metrics.json").read_text())["models"]
+    assert rows["final"]["latency"] <= 0.95 * rows["original"]["latency"] * 1.0001
+    assert all(r["latency_ms"] > 0 for r in rows.values())
+    assert (out / "final" / "model.onnx").exists()               # the onnx extra is part of the test extra
+    assert rows["final"]["onnx_ms"] > 0 and "onnxruntime CPU latency" in text

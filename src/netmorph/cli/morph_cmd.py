@@ -272,6 +272,7 @@ def report(args, out, data, build, recipe, resource, hardware, result, baseline,
             f"epochs of {'fine-tuning' if args.init == 'keep' else 'training from scratch'}; seed {args.seed}. "
             f"The final structure is omega = {result['structure'].omega:.3f} x the learned one.", "",
             ledger(args, recipe), "",
+            *rounding_lines(result["structure"]),
             table(rows, resource), "",
             "original: the network as given" + (", trained with the same recipe" if baseline is not None else
                                                  " (untrained: --no-baseline)") +
@@ -297,6 +298,12 @@ def report(args, out, data, build, recipe, resource, hardware, result, baseline,
     C.say("\n" + table(rows, resource) + f"\n\nrun directory: {out}  (metrics.md, widths.png, training.png, "
           "final/structure.json + final/model.pt)")
     C.write_json(out / C.COMPLETE, summary)                    # last: marks the run finished
+
+
+def rounding_lines(structure) -> list[str]:
+    """The sentence saying which width multiple a measured profile chose, as metrics.md lines."""
+    note = getattr(structure, "rounding_note", None)
+    return [note[0].upper() + note[1:] + ".", ""] if note else []
 
 
 def ledger(args, recipe) -> str:

@@ -129,8 +129,9 @@ def speed_note(rows: dict, resource: str, model: str = "final", slack: float = 0
                 "(profiles are kept in ~/.cache/netmorph/profiles; delete the file to measure again).")
     return (f"Note: on this CPU the {model} network takes {time_:.0%} of the original's measured time for "
             f"{cost:.0%} of its {what}: {what} is not CPU time here. Widths that are not multiples of 8 run "
-            "slowly on CPUs: rerun with --round-to 8 (on CIFAR-10 the same MorphNet structure went from 96% to "
-            "51% of the original's time that way, see docs/benchmarks.md).")
+            "slowly on CPUs: rerun with --resource latency:cpu (the time measured here, widths rounded to what this "
+            "CPU is fast at; docs/latency.md) or --round-to 8 (on CIFAR-10 the same MorphNet structure went from "
+            "96% to 51% of the original's time that way, see docs/benchmarks.md).")
 
 
 def table(rows: dict, resource: str) -> str:
