@@ -86,6 +86,11 @@ def test_profile_file_round_trips_and_reloads_fast(tmp_path):
     (lambda d: next(iter(d["layers"].values()))["seconds"].pop(), "malformed"),
     (lambda d: next(iter(d["layers"].values()))["seconds"][0].__setitem__(0, -1.0), "malformed"),
     (lambda d: d["kinds"].pop("other"), "'other'"),
+    (lambda d: d["kinds"]["norm"].update(overhead_s=-1.0), "overhead_s"),
+    (lambda d: d.update(calibration={"x": {"layers": float("nan"), "other": 1.0, "constant_s": 0.0}}), "layers"),
+    (lambda d: d.update(layers=[]), "layers must be an object"),
+    (lambda d: d["key"].pop("device"), "key.device"),
+    (lambda d: next(iter(d["layers"].values())).update(ins=[0, 1]), "ins"),
 ])
 def test_a_damaged_profile_file_is_refused_with_the_reason(tmp_path, damage, message):
     path = synthetic(tiny_cnn(in_channels=3), X, blocked).save(tmp_path / "p.json")
@@ -249,5 +254,29 @@ def test_morph_with_the_measured_cpu_latency_reports_prediction_next_to_measurem
     rows = json.loads((out / "metrics.json").read_text())["models"]
     assert rows["final"]["latency"] <= 0.95 * rows["original"]["latency"] * 1.0001
     assert all(r["latency_ms"] > 0 for r in rows.values())
+    # the profile goes with the run: --resume reads that file instead of measuring again
+    config = json.loads((out / "config.json").read_text())
+    assert config["args"]["resource"] == f"latency:{(out / 'profile.json').resolve()}"
+    assert DeviceProfile.load(out / "profile.json").key == device_key("cpu")
     assert (out / "final" / "model.onnx").exists()               # the onnx extra is part of the test extra
     assert rows["final"]["onnx_ms"] > 0 and "onnxruntime CPU latency" in text
+
+
+def test_a_depthwise_conv_narrowed_to_one_channel_is_timed_as_one_conv_group():
+    """apply_structure rebuilds a depthwise conv left with one channel as a 1 -> 1 dense conv; the profile
+    times it as the depthwise signature at one group instead of refusing it."""
+    from netmorph.models import get_model
+    model = get_model("mobilenetv2")
+    prof = synthetic(model, X, blocked)
+    graph = build_graph(model, X)
+    name = next(n for n, l in graph.layers.items() if l.module.groups > 1 and l.module.stride == (2, 2))
+    narrow = netmorph.apply_structure(model, {name: 1}, example_inputs=X)
+    assert count_cost(narrow, X, "latency", prof) < count_cost(model, X, "latency", prof)
+
+
+def test_networks_with_the_same_layer_kinds_in_other_numbers_are_calibrated_apart():
+    from netmorph.latency import network_key
+    from netmorph.models import resnet56
+    assert network_key(build_graph(resnet20(), X)) != network_key(build_graph(resnet56(), X))
+    narrowed = netmorph.apply_structure(resnet20(), {"layer1.0.conv1": 5}, example_inputs=X)
+    assert network_key(build_graph(narrowed, X)) == network_key(build_graph(resnet20(), X))

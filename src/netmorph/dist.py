@@ -89,6 +89,25 @@ def any_true(flag: bool) -> bool:
     return bool(t.item() > 0)
 
 
+def from_main(fn):
+    """``fn()`` computed on rank 0 only and sent to every rank (a picklable value; an exception raised on
+    rank 0 is raised on every rank, as a RuntimeError with its message elsewhere). Without
+    torch.distributed, ``fn()``."""
+    if not active():
+        return fn()
+    box = [None]
+    if is_main():
+        try:
+            box[0] = ("ok", fn())
+        except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+            box[0] = ("error", exc)
+    td.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    return value
+
+
 def wrap(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` in DistributedDataParallel when running under torch.distributed, else itself."""
     if not active():

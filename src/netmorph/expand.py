@@ -84,6 +84,16 @@ def expand(model, example_inputs, structure, budget: float, resource: str = "flo
         note = (f"widths rounded to multiples of {round_to}, the multiple the device ({hw.name}) is fast at: predicted "
                 "layer time of uniformly narrowed networks over its straight-line fit, relative to the best multiple: "
                 + ", ".join(f"{r}: {v:.2f}" for r, v in relative.items()))
+        # a budget the chosen multiple cannot reach (every group at least that wide) takes the largest
+        # smaller multiple that can
+        chosen = round_to
+        while round_to > 1 and cost_floor(graph, resource, hw, round_to, learned)[1] > budget:
+            round_to //= 2
+        if round_to != chosen:
+            note += (f"; the budget is below the smallest structure at multiples of {chosen}, so multiples of "
+                     f"{round_to} are used")
+            note = note.replace(f"widths rounded to multiples of {chosen},", f"widths rounded to multiples of {round_to} "
+                                f"(not {chosen}),", 1)
     elif round_to is None:
         round_to = 1
     frozen_cost, smallest = cost_floor(graph, resource, hw, round_to, learned)

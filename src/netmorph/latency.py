@@ -26,6 +26,7 @@ measurements. :meth:`DeviceProfile.rounding` picks the width multiple this devic
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -300,7 +301,11 @@ class Table:
     seconds: list[list[float]]
 
     def at(self, n_in: float, n_out: float) -> float:
-        ins, outs, s = np.asarray(self.ins, float), np.asarray(self.outs, float), np.asarray(self.seconds)
+        arrays = self.__dict__.get("_arrays")
+        if arrays is None:
+            arrays = self.__dict__["_arrays"] = (np.asarray(self.ins, float), np.asarray(self.outs, float),
+                                                 np.asarray(self.seconds, float))
+        ins, outs, s = arrays
         if len(outs) == 1 and outs[0] == 0:
             return _interp(ins, s[:, 0], n_in)
         if n_in <= 0 or n_out <= 0:
@@ -324,7 +329,6 @@ class DeviceProfile:
         #: to whole-network timings (a layer timed alone runs warmer than inside the network)
         self.calibration: dict[str, dict] = dict(calibration or {})
         self.path = path
-        self._fits: dict[str, tuple[float, float]] = {}
 
     @property
     def name(self) -> str:
@@ -334,6 +338,15 @@ class DeviceProfile:
 
     def __repr__(self) -> str:
         return f"DeviceProfile({self.name}, {len(self.tables)} layer signatures)"
+
+    def is_here(self) -> bool:
+        """Whether this profile describes this machine as it is now (same key)."""
+        k = self.key
+        try:
+            return device_key(k["device"], k.get("threads"), k["batch"], getattr(torch, k["dtype"]),
+                              k["memory_format"] == "channels_last") == k
+        except (ProfileError, AttributeError, KeyError, RuntimeError):
+            return False
 
     # -- measuring -----------------------------------------------------------------------
     def missing(self, graph) -> list[tuple[Signature, list[int], list[int]]]:
@@ -354,11 +367,9 @@ class DeviceProfile:
         """Time every layer signature of ``graph`` not yet in the profile, and every op kind.
         ``progress(done, total, what)`` is called after each timing. Returns the timings made.
         Must run on the device the profile's key names."""
-        here = device_key(self.key["device"], self.key["threads"], self.key["batch"],
-                          getattr(torch, self.key["dtype"]), self.key["memory_format"] == "channels_last")
-        if here != self.key:
-            raise ProfileError(f"this profile was made for {self.name}, not for this device "
-                               f"({DeviceProfile(here).name}, torch {here['torch']}); measure a new one here")
+        if not self.is_here():
+            raise ProfileError(f"this profile was made for {self.name} ({self.key.get('device_name')}, torch "
+                               f"{self.key.get('torch')}), not for this machine as it is; measure a new one here")
         todo = self.missing(graph)
         jobs = todo
         need_kinds = [k for k in (*KINDS, "other") if k not in self.kinds]
@@ -387,7 +398,6 @@ class DeviceProfile:
                     progress(done, total, kind)
         finally:
             torch.set_num_threads(threads)
-        self._fits.clear()
         return done
 
     # -- predicting ----------------------------------------------------------------------
@@ -397,27 +407,36 @@ class DeviceProfile:
         return self.key["batch"] / max(1, b)
 
     def _layer_ops(self, graph):
-        """Per op with FLOPs pieces: (op index, table, grouped, pieces of the op)."""
+        """Every convolution / linear op: (op index, table, grouped, its FLOPs pieces or None, fixed
+        widths). An op without pieces (a layer the channel graph froze) is read at its own widths."""
         cache = graph.__dict__.setdefault("_profile_ops", {})
-        if id(self) in cache and cache[id(self)][0] == len(self.tables):
-            return cache[id(self)][1]
-        p = graph.pieces
+        hit = cache.get(id(self))
+        if hit is not None and hit[0] is self and hit[1] == len(self.tables):
+            return hit[2]
         by_op = {}
-        for i, op in enumerate(p.op):
+        for i, op in enumerate(graph.pieces.op):
             by_op.setdefault(int(op), []).append(i)
         out = []
-        for op_index, pieces in by_op.items():
-            found = layer_signature(graph.recording.ops[op_index])
+        for op_index, op in enumerate(graph.recording.ops):
+            found = layer_signature(op)
             if found is None:
                 continue
-            table = self.tables.get(found[0].key)
+            sig, n_in, n_out = found
+            table, grouped = self.tables.get(sig.key), sig.grouped
+            if table is None and not grouped and n_in == n_out == 1 and sig.cls != "Linear":
+                # a depthwise conv narrowed to one channel is rebuilt as a 1 -> 1 dense conv: its timing
+                # is the depthwise signature's at one conv group
+                table = self.tables.get(dataclasses.replace(sig, grouped=True, per_group=(1, 1)).key)
+                grouped = table is not None
             if table is None:
+                where = f" ({self.path})" if self.path else ""
                 raise ProfileError(
-                    f"the latency profile ({self.name}{', ' + self.path if self.path else ''}) has no timings for "
-                    f"{found[0].cls} layer {graph.op_names[op_index]} ({found[0].key}); measure this network on "
-                    "the device: netmorph profile --model ... (or use latency:cpu here)")
-            out.append((op_index, table, found[0].grouped, np.asarray(pieces)))
-        cache[id(self)] = (len(self.tables), out)
+                    f"the latency profile{where}, {self.name}, has no timings for {sig.cls} layer "
+                    f"{graph.op_names[op_index]} ({sig.key}); measure this network into it: netmorph profile "
+                    "--model ... on that device (latency:cpu / latency:cuda measure what is missing by themselves)")
+            pieces = np.asarray(by_op[op_index]) if op_index in by_op else None
+            out.append((op_index, table, grouped, pieces, (n_in, n_out)))
+        cache[id(self)] = (self, len(self.tables), out)
         return out
 
     def op_seconds(self, graph, alive: np.ndarray) -> np.ndarray:
@@ -428,14 +447,15 @@ class DeviceProfile:
         a_in, a_out = piece_counts(graph, alive)
         n_out = graph.pieces.n_out
         layer_ops = self._layer_ops(graph)
-        for op_index, table, grouped, pieces in layer_ops:
-            if grouped:
+        for op_index, table, grouped, pieces, fixed in layer_ops:
+            if pieces is None:
+                seconds[op_index] = table.at(fixed[0], fixed[1] if not grouped else 0)
+            elif grouped:
                 seconds[op_index] = table.at(float((a_out[pieces] / n_out[pieces]).sum()), 0)
             else:
                 seconds[op_index] = table.at(float(a_in[pieces].sum()), float(a_out[pieces].sum()))
         elements = op_bytes(graph, alive, 1.0) * self._batch_scale(graph)
-        is_layer = np.zeros(graph.n_ops, dtype=bool)
-        is_layer[[o for o, *_ in layer_ops]] = True
+        is_layer = self._is_layer(graph)
         for i, name in enumerate(graph.op_names):
             if is_layer[i] or elements[i] <= 0:
                 continue
@@ -443,18 +463,23 @@ class DeviceProfile:
             seconds[i] = overhead + per * elements[i]
         return seconds
 
+    def _is_layer(self, graph) -> np.ndarray:
+        is_layer = np.zeros(graph.n_ops, dtype=bool)
+        is_layer[[o for o, *_ in self._layer_ops(graph)]] = True
+        return is_layer
+
     def calibrated(self, graph) -> dict:
         """The whole-network calibration of ``graph``'s network, or the identity if it has none."""
         found = self.calibration.get(network_key(graph))
-        if found is None:            # a network with fewer layer kinds (a removed branch): its original's
-            mine = set(_signature_set(graph))
-            found = next((c for c in self.calibration.values() if mine <= set(c.get("signatures", ()))), None)
+        if found is None:            # fewer layers (a removed branch): the closest network holding all of its kinds
+            mine = _signatures(graph)
+            near = [c for c in self.calibration.values() if set(mine) <= set(c.get("signatures", ()))]
+            found = min(near, key=lambda c: abs(len(c["signatures"]) - len(mine)), default=None)
         return found or {"layers": 1.0, "other": 1.0, "constant_s": 0.0}
 
     def _parts(self, graph, alive) -> tuple[float, float]:
         seconds = self.op_seconds(graph, alive)
-        is_layer = np.zeros(graph.n_ops, dtype=bool)
-        is_layer[[o for o, *_ in self._layer_ops(graph)]] = True
+        is_layer = self._is_layer(graph)
         return float(seconds[is_layer].sum()), float(seconds[~is_layer].sum())
 
     def cost(self, graph, alive: np.ndarray) -> float:
@@ -487,7 +512,8 @@ class DeviceProfile:
                             if name in graph.layers:
                                 widths[name] = graph.layers[name].width // grp.width * w
             try:
-                m = apply_structure(model, widths, example_inputs=graph.example_inputs) if widths else model
+                m = apply_structure(model, widths, example_inputs=graph.example_inputs) if widths else \
+                    copy.deepcopy(model)       # timed on the device: copies, never the caller's model
             except ValueError:
                 continue                       # a random narrowing this network cannot take
             models.append(m.to(device=self.key["device"], dtype=dtype).eval())
@@ -521,7 +547,7 @@ class DeviceProfile:
         predicted = X @ coef
         entry = {"layers": float(coef[0]), "other": float(coef[0]), "constant_s": float(coef[1]),
                  "structures": len(models), "max_relative_error": float(np.max(np.abs(predicted / measured - 1))),
-                 "measured_s": [float(t) for t in measured], "signatures": _signature_set(graph)}
+                 "measured_s": [float(t) for t in measured], "signatures": _signatures(graph)}
         self.calibration[network_key(graph)] = entry
         return entry
 
@@ -531,7 +557,9 @@ class DeviceProfile:
         per_flop, per_elem = np.zeros(graph.n_ops), np.zeros(graph.n_ops)
         p = graph.pieces
         n_in, n_out = p.n_in, p.n_out
-        for op_index, table, grouped, pieces in self._layer_ops(graph):
+        for op_index, table, grouped, pieces, _ in self._layer_ops(graph):
+            if pieces is None:
+                continue                      # no channel of it changes: no gradient weight
             fit = self._fit(table, grouped)
             # seconds per in x out slot pair (a whole conv group when grouped) -> per FLOP of the op
             first = pieces[0]
@@ -547,13 +575,13 @@ class DeviceProfile:
     def _fit(self, table: Table, grouped: bool) -> tuple[float, float]:
         """``(a, b)`` of the least-squares line ``seconds = a + b * work`` through a table (``work`` is
         in x out channels, or conv groups), both clipped at 0: the table without its alignment effects."""
-        fit = self._fits.get(id(table))
+        fit = table.__dict__.get("_fit")
         if fit is None:
             ins, outs, s = np.asarray(table.ins, float), np.asarray(table.outs, float), np.asarray(table.seconds)
             work = ins[:, None] if grouped else ins[:, None] * outs[None, :]
             A = np.stack([np.ones(work.size), work.ravel()], 1)
             sol = np.linalg.lstsq(A, s.ravel(), rcond=None)[0]
-            fit = self._fits[id(table)] = (max(float(sol[0]), 0.0), max(float(sol[1]), 0.0))
+            fit = table.__dict__["_fit"] = (max(float(sol[0]), 0.0), max(float(sol[1]), 0.0))
         return fit
 
     def smooth_layer_seconds(self, graph, alive: np.ndarray) -> float:
@@ -562,10 +590,14 @@ class DeviceProfile:
         a_in, a_out = piece_counts(graph, alive)
         n_out = graph.pieces.n_out
         total = 0.0
-        for _, table, grouped, pieces in self._layer_ops(graph):
+        for _, table, grouped, pieces, fixed in self._layer_ops(graph):
             a, b = self._fit(table, grouped)
-            work = float((a_out[pieces] / n_out[pieces]).sum()) if grouped else \
-                float(a_in[pieces].sum()) * float(a_out[pieces].sum())
+            if pieces is None:
+                work = float(fixed[0]) if grouped else float(fixed[0] * fixed[1])
+            elif grouped:
+                work = float((a_out[pieces] / n_out[pieces]).sum())
+            else:
+                work = float(a_in[pieces].sum()) * float(a_out[pieces].sum())
             total += (a + b * work) if work > 0 else 0.0
         return total
 
@@ -623,33 +655,72 @@ class DeviceProfile:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ProfileError(f"latency profile {path} is not readable JSON ({e}); make it again with "
                                "netmorph profile") from None
+        return DeviceProfile.from_dict(data, str(path))
+
+    @staticmethod
+    def from_dict(data, source: str = "the latency profile") -> "DeviceProfile":
+        """A profile from its JSON form (:meth:`to_dict`), every field checked."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ProfileError(f"{path} is not a netmorph device profile (no \"format\": \"{FORMAT}\")")
+            raise ProfileError(f"{source} is not a netmorph device profile (no \"format\": \"{FORMAT}\")")
         if data.get("version") != VERSION:
-            raise ProfileError(f"latency profile {path} has version {data.get('version')}, this netmorph reads "
+            raise ProfileError(f"{source} has version {data.get('version')}, this netmorph reads "
                                f"version {VERSION}; make it again with netmorph profile")
+
+        def number(v, what, positive=False):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
+                    or (positive and v <= 0):
+                raise ValueError(f"{what} must be a finite number >= 0, got {v!r}")
+            return float(v)
+
+        def widths(v, what, zero_ok=False):
+            if not isinstance(v, list) or not v or any(isinstance(w, bool) or not isinstance(w, int) for w in v):
+                raise ValueError(f"{what} must be a non-empty list of whole numbers")
+            if any(w < (0 if zero_ok else 1) for w in v) or any(b <= a for a, b in zip(v, v[1:])):
+                raise ValueError(f"{what} must be increasing widths of at least 1")
+            return v
         try:
-            tables = {k: Table([int(a) for a in t["ins"]], [int(b) for b in t["outs"]],
-                               [[float(s) for s in row] for row in t["seconds"]]) for k, t in data["layers"].items()}
-            for k, t in tables.items():
-                Signature.from_key(k)
-                if (np.asarray(t.seconds).shape != (len(t.ins), len(t.outs)) or not t.ins
-                        or np.any(np.diff(t.ins) <= 0) or np.any(np.diff(t.outs) <= 0)
-                        or not np.all(np.isfinite(t.seconds)) or np.any(np.asarray(t.seconds) < 0)):
-                    raise ValueError(f"table {k} is malformed")
-            kinds = {k: (float(v["overhead_s"]), float(v["per_element_s"])) for k, v in data["kinds"].items()}
+            for field in ("layers", "kinds", "key"):
+                if not isinstance(data.get(field), dict):
+                    raise ValueError(f"{field} must be an object")
+            tables = {}
+            for k, t in data["layers"].items():
+                sig = Signature.from_key(k)
+                if not isinstance(t, dict):
+                    raise ValueError(f"table {k} must be an object")
+                ins = widths(t.get("ins"), f"table {k}: ins")
+                outs = [0] if sig.grouped and t.get("outs") == [0] else widths(t.get("outs"), f"table {k}: outs")
+                seconds = t.get("seconds")
+                if not isinstance(seconds, list) or len(seconds) != len(ins) or any(
+                        not isinstance(row, list) or len(row) != len(outs) for row in seconds):
+                    raise ValueError(f"table {k}: seconds must be {len(ins)} rows of {len(outs)} numbers")
+                tables[k] = Table(ins, outs, [[number(x, f"table {k}: a time") for x in row] for row in seconds])
+            kinds = {}
+            for k, v in data["kinds"].items():
+                if not isinstance(v, dict):
+                    raise ValueError(f"kind {k} must be an object")
+                kinds[k] = (number(v.get("overhead_s"), f"kind {k}: overhead_s"),
+                            number(v.get("per_element_s"), f"kind {k}: per_element_s"))
             key = dict(data["key"])
-            calibration = {str(k): {"layers": float(v["layers"]), "other": float(v["other"]),
-                                    "constant_s": float(v["constant_s"]), **{x: v[x] for x in v if x not in
-                                                                            ("layers", "other", "constant_s")}}
-                           for k, v in data.get("calibration", {}).items()}
-            if not isinstance(key.get("batch"), int) or key["batch"] < 1:
+            for field in ("device", "torch", "dtype", "memory_format"):
+                if not isinstance(key.get(field), str):
+                    raise ValueError(f"key.{field} must be a string")
+            if isinstance(key.get("batch"), bool) or not isinstance(key.get("batch"), int) or key["batch"] < 1:
                 raise ValueError("key.batch must be a positive integer")
-        except (KeyError, TypeError, ValueError) as e:
-            raise ProfileError(f"latency profile {path} is malformed ({e}); make it again with netmorph profile") from None
+            raw = data.get("calibration", {})
+            if not isinstance(raw, dict):
+                raise ValueError("calibration must be an object")
+            calibration = {}
+            for k, v in raw.items():
+                if not isinstance(v, dict):
+                    raise ValueError(f"calibration {k} must be an object")
+                calibration[str(k)] = {**v, "layers": number(v.get("layers"), "calibration layers"),
+                                       "other": number(v.get("other"), "calibration other"),
+                                       "constant_s": number(v.get("constant_s"), "calibration constant_s")}
+        except (KeyError, TypeError, ValueError, AttributeError, json.JSONDecodeError) as e:
+            raise ProfileError(f"{source} is malformed ({e}); make it again with netmorph profile") from None
         if "other" not in kinds:
-            raise ProfileError(f"latency profile {path} has no timing for op kind 'other'; make it again")
-        return DeviceProfile(key, tables, kinds, str(path), calibration)
+            raise ProfileError(f"{source} has no timing for op kind 'other'; make it again")
+        return DeviceProfile(key, tables, kinds, source if source != "the latency profile" else None, calibration)
 
 
 def _nnls(A: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -668,14 +739,24 @@ def _nnls(A: np.ndarray, b: np.ndarray) -> np.ndarray:
     return best
 
 
-def _signature_set(graph) -> list[str]:
-    return sorted({found[0].key for op in graph.recording.ops if (found := layer_signature(op)) is not None})
+def _signatures(graph) -> list[str]:
+    """The layer signatures of ``graph``'s ops, sorted, with repeats (a multiset)."""
+    cache = graph.__dict__.setdefault("_profile_signatures", None)
+    if cache is None:
+        cache = graph.__dict__["_profile_signatures"] = sorted(
+            found[0].key for op in graph.recording.ops if (found := layer_signature(op)) is not None)
+    return cache
 
 
 def network_key(graph) -> str:
-    """A network's identity for its calibration: the set of its layer signatures (widths left out, so
-    a narrowed copy of the network shares its original's calibration)."""
-    return hashlib.sha256("|".join(_signature_set(graph)).encode()).hexdigest()[:16]
+    """A network's identity for its calibration: its layer signatures, with how often each occurs (widths
+    left out, so a narrowed copy of the network shares its original's calibration; ResNet-20 and
+    ResNet-56 differ)."""
+    cache = graph.__dict__.get("_profile_network_key")
+    if cache is None:
+        cache = graph.__dict__["_profile_network_key"] = hashlib.sha256(
+            "|".join(_signatures(graph)).encode()).hexdigest()[:16]
+    return cache
 
 
 def cache_dir() -> Path:
@@ -739,6 +820,8 @@ def profile(model: nn.Module, example_inputs, device: str = "cpu", threads: int 
 def parse_target(spec: str) -> dict:
     """``cpu``, ``cuda``, ``cpu@128`` (batch 128) or a profile file path -> what :func:`resolve` needs."""
     name, _, batch = spec.partition("@")
+    if os.path.exists(spec) or spec.endswith(".json"):
+        return {"path": spec}
     if name in ("cpu", "cuda") or name.startswith("cuda:"):
         try:
             b = int(batch) if batch else 1

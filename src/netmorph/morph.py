@@ -93,14 +93,18 @@ class Round:
         d["learned"], d["expanded"] = self.learned.to_dict(), self.expanded.to_dict()
         d["omega"] = getattr(self.expanded, "omega", None)
         d["expanded_cost"] = getattr(self.expanded, "cost", None)
+        d["round_to"] = getattr(self.expanded, "round_to", None)
+        d["rounding_note"] = getattr(self.expanded, "rounding_note", None)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Round":
         d = dict(d)
         omega, cost = d.pop("omega", None), d.pop("expanded_cost", None)
+        round_to, note = d.pop("round_to", None), d.pop("rounding_note", None)
         d["learned"], d["expanded"] = Structure.from_dict(d["learned"]), Structure.from_dict(d["expanded"])
         d["expanded"].omega, d["expanded"].cost = omega, cost
+        d["expanded"].round_to, d["expanded"].rounding_note = round_to, note
         return cls(**d)
 
 

@@ -16,7 +16,8 @@ from netmorph.graph import build_graph
 from .conftest import NEEDS_DIGITS, QUICK, ROOT, child_env, ctrl_c_at, run_cli, run_reload_code
 
 FILES = ["config.json", "log.txt", "checkpoint.pt", "round1_learned_structure.json",
-         "round1_expanded_structure.json", "final/structure.json", "final/model.pt", "metrics.md", "metrics.json"]
+         "round1_expanded_structure.json", "final/structure.json", "final/model.pt", "final/model.onnx", "metrics.md",
+         "metrics.json"]  # final/model.onnx: the onnx extra is part of the test extra
 EXAMPLE = torch.zeros(1, 1, 8, 8)
 
 pytest.importorskip("sklearn", reason=NEEDS_DIGITS)

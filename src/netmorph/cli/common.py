@@ -65,9 +65,12 @@ def resolve_hardware(resource: str, hw: str | None, model: nn.Module, example):
         return get_hardware(hw)
     except ValueError:
         pass
-    from ..latency import ProfileError, resolve
+    from ..latency import DeviceProfile, ProfileError, resolve
     try:
-        return resolve(hw, model, example)
+        # under torchrun rank 0 measures (ranks timing at once on one machine would disturb each other and
+        # disagree) and every rank uses its numbers, so every decision made from them is the same
+        return DeviceProfile.from_dict(dist.from_main(lambda: resolve(hw, model, example).to_dict()),
+                                       f"latency:{hw}")
     except ProfileError as e:
         raise UsageError(str(e)) from None
 

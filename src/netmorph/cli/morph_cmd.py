@@ -212,6 +212,9 @@ def run(args) -> int:
         raise busy or C.UsageError(f"{out} is in use by another netmorph run (rank 0 says which)")
     if dist.is_main():
         (out / "FAILED.txt").unlink(missing_ok=True)
+        if hasattr(hardware, "save"):
+            # the measured profile goes with the run: --resume reads this file, never a new measurement
+            args.resource = f"latency:{hardware.save(out / 'profile.json').resolve()}"
         C.write_json(out / "config.json", {"command": "morph", "args": {k: v for k, v in vars(args).items()
                                                                         if k != "run"},
                                            "torch": torch.__version__, "world_size": dist.world_size()})

@@ -44,7 +44,8 @@ def metrics(models: dict, test, example, resource: str, hardware, batch: int = 6
     the predicted and measured rows are comparable."""
     from ..latency import DeviceProfile
     threads = torch.get_num_threads()
-    if isinstance(hardware, DeviceProfile) and hardware.key["device"] == "cpu":
+    here = isinstance(hardware, DeviceProfile) and hardware.key["device"] == "cpu" and hardware.is_here()
+    if here:
         batch = hardware.key["batch"]
         torch.set_num_threads(hardware.key["threads"] or threads)
     xb = test[0][:batch]
@@ -61,7 +62,8 @@ def metrics(models: dict, test, example, resource: str, hardware, batch: int = 6
         if resource != "flops":
             row[resource] = count_cost(m, example, resource, hardware)
         if isinstance(hardware, DeviceProfile):
-            row["latency_profile"] = hardware.name
+            row["latency_profile"] = hardware.name if here else f"{hardware.name}, not this machine"
+            row["profile_here"] = here
         out[name] = row
     return out
 
@@ -72,15 +74,23 @@ def onnx_files(models: dict, rows: dict, out, data, hardware=None) -> str | None
     interleaved). Returns a line for metrics.md, or None when the extra is not installed."""
     try:
         import onnx  # noqa: F401
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401
     except ImportError:
         return None
-    import tempfile
-    from ..export import ExportError, check_onnx, export_onnx
     batch = rows[next(iter(rows))]["latency_batch"]
     x = data.test[0][:batch]
     if len(x) < batch:
         x = x.repeat((batch + len(x) - 1) // len(x), *[1] * (x.dim() - 1))[:batch]
+    try:
+        return _onnx_files(models, rows, out, x, hardware)
+    except Exception as exc:  # noqa: BLE001 - a deployment check must not lose the run's report
+        return f"ONNX: the export or its check in onnxruntime failed ({type(exc).__name__}: {exc})."
+
+
+def _onnx_files(models, rows, out, x, hardware) -> str:
+    import onnxruntime as ort
+    import tempfile
+    from ..export import ExportError, check_onnx, export_onnx
     sessions = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, m in models.items():
@@ -124,9 +134,12 @@ def speed_note(rows: dict, resource: str, model: str = "final", slack: float = 0
         return None
     what = {"flops": "FLOPs", "size": "model size", "latency": "roofline latency"}[resource]
     if "latency_profile" in row:
+        if not row.get("profile_here"):
+            return None                 # a profile of another device: this CPU's time is not what it predicts
         return (f"Note: the {model} network measured {time_:.0%} of the original's time where the device profile "
-                f"predicted {cost:.0%}. The machine may have been busy while measuring, or the profile is stale "
-                "(profiles are kept in ~/.cache/netmorph/profiles; delete the file to measure again).")
+                f"predicted {cost:.0%}. The machine may have been busy while the profile or this report was "
+                "measured; `netmorph profile` on an idle machine measures it again (the cache is "
+                "~/.cache/netmorph/profiles, or $NETMORPH_CACHE/profiles).")
     return (f"Note: on this CPU the {model} network takes {time_:.0%} of the original's measured time for "
             f"{cost:.0%} of its {what}: {what} is not CPU time here. Widths that are not multiples of 8 run "
             "slowly on CPUs: rerun with --resource latency:cpu (the time measured here, widths rounded to what this "
