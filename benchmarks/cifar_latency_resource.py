@@ -42,6 +42,8 @@ ARMS = {
     "morph_50%_r8": ("MorphNet, FLOPs at 50%, widths rounded to 8, trained from scratch", 30),
     "morph_warm_50%_s0_latency": ("MorphNet, measured latency at 50% (latency:cpu@128)", 30),
     "morph_warm_100%_s0_latency": ("MorphNet, measured latency at 100% (latency:cpu@128)", 30),
+    "morph_warm_50%_s0_latency_shrink70": ("as the 50% latency arm, regularized to 70% of the time (not 45%), "
+                                           "then narrowed to 50%", 30),
 }
 RAW = CACHE.parent / "cifar_latency_resource.json"
 
@@ -93,13 +95,12 @@ def main():
                     f"| {ok:.2f} |")
     acc = {a: results[a]["test_acc"] for a in results}
     verdicts = []
-    if "morph_warm_50%_s0_latency" in ratio:
-        a = "morph_warm_50%_s0_latency"
-        verdicts.append(f"- 50% arm measures {ratio[a]:.1%} of the baseline's time (target 45-55%): "
+    for a in [x for x in ("morph_warm_50%_s0_latency", "morph_warm_50%_s0_latency_shrink70") if x in ratio]:
+        verdicts.append(f"- {a} measures {ratio[a]:.1%} of the baseline's time (target 45-55%): "
                         f"**{'met' if 0.45 <= ratio[a] <= 0.55 else 'missed'}**.")
         for other in ("morph_50%_r8", "uniform_0.7"):
             if other in acc:
-                verdicts.append(f"- 50% arm {acc[a]:.2%} vs {other} {acc[other]:.2%} ({acc[a] - acc[other]:+.2%}) at "
+                verdicts.append(f"- {a} {acc[a]:.2%} vs {other} {acc[other]:.2%} ({acc[a] - acc[other]:+.2%}) at "
                                 f"{ratio[a]:.0%} vs {ratio[other]:.0%} of the baseline's time: "
                                 f"**{'more accurate' if acc[a] > acc[other] else 'not more accurate'}**"
                                 f"{', and no slower' if ratio[a] <= ratio[other] + 0.02 else ', but slower'}.")
