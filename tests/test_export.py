@@ -1,6 +1,5 @@
 """Deployment: a pruned network exports to ONNX and runs in onnxruntime with PyTorch's outputs, and
 ``torch.export`` takes it too. Needs the ``onnx`` extra (in the test extra)."""
-import numpy as np
 import pytest
 import torch
 

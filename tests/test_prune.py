@@ -22,6 +22,17 @@ def kill(model, reg, fraction, seed=0):
     return dead
 
 
+def kill_and_prune_exactly(model, reg, x):
+    """Make 30% of the regularized channels exactly dead, prune, and check the outputs stay (1e-5)."""
+    kill(model, reg, 0.3)
+    with torch.no_grad():
+        before = model(x)
+    small = netmorph.prune(model, reg).eval()
+    with torch.no_grad():
+        assert (small(x) - before).abs().max() <= 1e-5 * before.abs().max()
+    return small
+
+
 def outputs(model, x):
     model.eval()
     with torch.no_grad():

@@ -8,6 +8,7 @@ import torch
 
 import netmorph
 from tests.conftest import reference_flops
+from tests.test_prune import kill_and_prune_exactly
 
 timm = pytest.importorskip("timm", reason="timm is in the test extra: pip install -e '.[test]'")
 
@@ -16,17 +17,6 @@ MODELS = ["efficientnet_lite0", "mobilenetv3_small_050", "regnetx_002", "repvgg_
 #: share of the channels that carry a regularizer, at least; DPN and GhostNet slice channels with
 #: constant bounds (``x[:, :self.oup]``), which pruning cannot move, so most of their channels stay
 COVERAGE = {"dpn48b": 0.05, "ghostnet_050": 0.05}
-
-
-def kill_and_prune_exactly(model, reg, x):
-    """Make 30% of the regularized channels exactly dead, prune, and check the outputs stay (1e-5)."""
-    reg.zero_channels((np.random.default_rng(0).random(reg.graph.n_channels) < 0.3) & reg.regularized)
-    with torch.no_grad():
-        before = model(x)
-    small = netmorph.prune(model, reg).eval()
-    with torch.no_grad():
-        assert (small(x) - before).abs().max() <= 1e-5 * before.abs().max()
-    return small
 
 
 @pytest.mark.parametrize("name", MODELS)

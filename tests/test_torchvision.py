@@ -8,7 +8,7 @@ import torch
 import netmorph
 from netmorph.graph import supported_ops
 from tests.conftest import reference_flops
-from tests.test_prune import kill
+from tests.test_prune import kill, kill_and_prune_exactly
 
 tvm = pytest.importorskip("torchvision.models", reason="torchvision not installed: pip install -e '.[vision]'")
 
@@ -92,7 +92,6 @@ def test_a_backbone_with_frozen_batchnorm_prunes_exactly_by_weight_norms(shift, 
     FrozenBatchNorm2d (buffers, no parameters): it passes channels through and narrows with them. A
     dead channel stays zero through it only where its shift is 0; elsewhere it would emit a constant
     a 3x3 conv cannot absorb exactly, so those channels are left alone (not regularized)."""
-    import numpy as np
     from torchvision.ops.misc import FrozenBatchNorm2d
     torch.manual_seed(0)
     model = tvm.resnet18(num_classes=10, norm_layer=FrozenBatchNorm2d).eval()
@@ -113,12 +112,7 @@ def test_a_backbone_with_frozen_batchnorm_prunes_exactly_by_weight_norms(shift, 
         reasons = set(reg.graph.ungated["weight"].values())
         assert any("without passing a layer whose weights could zero it" in r for r in reasons)
         return
-    reg.zero_channels((np.random.default_rng(0).random(reg.graph.n_channels) < 0.3) & reg.regularized)
-    with torch.no_grad():
-        before = model(x)
-    small = netmorph.prune(model, reg).eval()
-    with torch.no_grad():
-        assert (small(x) - before).abs().max() <= 1e-5 * before.abs().max()
+    small = kill_and_prune_exactly(model, reg, x)
     assert type(small.layer1[0].bn1) is FrozenBatchNorm2d
     assert len(small.layer1[0].bn1.weight) == small.layer1[0].conv1.out_channels < 64
     assert netmorph.count_flops(small, x) == reg.cost() == reference_flops(small, x)

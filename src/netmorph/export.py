@@ -77,6 +77,15 @@ class _EmptyBranches(TorchFunctionMode):
         return _map(out, lambda t: t.narrow(axis, 0, 0) if t.dim() > axis else t)
 
 
+def _traceable(model: nn.Module, inputs: tuple):
+    """``(copy, ops, outputs)``: :func:`_plain`'s copy of ``model``, the ops that need the empty-branch
+    stand-in while an exporter traces it (learnt on one eager forward) and that forward's outputs."""
+    net, learn = _plain(model), _EmptyBranches()
+    with torch.no_grad(), learn:
+        outputs = net(*inputs)
+    return net, learn.needs, outputs
+
+
 def _fold_empty(path: Path, example_inputs) -> int:
     """Drop every input of a Concat that carries no channels, and then every node whose outputs nothing
     uses any more: a removed branch that only fed a concat leaves the file. Which inputs are empty is
@@ -129,17 +138,14 @@ def export_onnx(model: nn.Module, example_inputs, path, dynamic_batch: bool = Tr
     inputs = as_input_tuple(example_inputs)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    net = _plain(model)
-    learn = _EmptyBranches()
-    with torch.no_grad(), learn:
-        outputs = net(*inputs)
+    net, needs, outputs = _traceable(model, inputs)
     n_out = len(outputs) if isinstance(outputs, (tuple, list)) else 1
     names_in = [f"input{i}" for i in range(len(inputs))]
     names_out = [f"output{i}" for i in range(n_out)]
     axes = {n: {0: "batch"} for n in names_in + names_out} if dynamic_batch else None
     kw = {"opset_version": opset} if opset else {}
     try:
-        with warnings.catch_warnings(), _EmptyBranches(learn.needs):
+        with warnings.catch_warnings(), _EmptyBranches(needs):
             warnings.simplefilter("ignore", DeprecationWarning)      # the TorchScript exporter: dynamic batch, fast
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(net, inputs, str(path), dynamo=False, input_names=names_in, output_names=names_out,
@@ -183,9 +189,7 @@ def check_onnx(model: nn.Module, path, example_inputs) -> float:
 def export_program(model: nn.Module, example_inputs):
     """``torch.export.export`` of ``model`` in eval mode (removed branches as plain tensors, ops that
     reject them run as in :class:`_EmptyBranches`)."""
-    net, inputs = _plain(model), as_input_tuple(example_inputs)
-    learn = _EmptyBranches()
-    with torch.no_grad(), learn:
-        net(*inputs)
-    with _EmptyBranches(learn.needs):
+    inputs = as_input_tuple(example_inputs)
+    net, needs, _ = _traceable(model, inputs)
+    with _EmptyBranches(needs):
         return torch.export.export(net, inputs)

@@ -38,6 +38,13 @@ def measure_latency(models: dict, x: torch.Tensor, repeats: int = 20, warmup: in
     return {k: 1000 * float(np.median(v)) for k, v in interleaved_times(models, x, repeats, warmup).items()}
 
 
+def first_images(images: torch.Tensor, batch: int) -> torch.Tensor:
+    """The first ``batch`` images; a smaller test set is repeated up to the batch."""
+    if len(images) < batch:
+        images = images.repeat((batch + len(images) - 1) // len(images), *[1] * (images.dim() - 1))
+    return images[:batch]
+
+
 def metrics(models: dict, test, example, resource: str, hardware, batch: int = 64) -> dict:
     """Accuracy, FLOPs, parameters, the chosen resource and measured latency of every model. With a
     measured CPU profile as the resource, latency is measured at the profile's batch and threads, so
@@ -48,9 +55,7 @@ def metrics(models: dict, test, example, resource: str, hardware, batch: int = 6
     if here:
         batch = hardware.key["batch"]
         torch.set_num_threads(hardware.key["threads"] or threads)
-    xb = test[0][:batch]
-    if len(xb) < batch:                       # a small test set: repeat it up to the batch
-        xb = xb.repeat((batch + len(xb) - 1) // len(xb), *[1] * (xb.dim() - 1))[:batch]
+    xb = first_images(test[0], batch)
     try:
         latency = measure_latency(models, xb)
     finally:
@@ -78,9 +83,7 @@ def onnx_files(models: dict, rows: dict, out, data, hardware=None) -> str | None
     except ImportError:
         return None
     batch = rows[next(iter(rows))]["latency_batch"]
-    x = data.test[0][:batch]
-    if len(x) < batch:
-        x = x.repeat((batch + len(x) - 1) // len(x), *[1] * (x.dim() - 1))[:batch]
+    x = first_images(data.test[0], batch)
     try:
         return _onnx_files(models, rows, out, x, hardware)
     except Exception as exc:  # noqa: BLE001 - a deployment check must not lose the run's report
