@@ -280,3 +280,17 @@ def test_networks_with_the_same_layer_kinds_in_other_numbers_are_calibrated_apar
     assert network_key(build_graph(resnet20(), X)) != network_key(build_graph(resnet56(), X))
     narrowed = netmorph.apply_structure(resnet20(), {"layer1.0.conv1": 5}, example_inputs=X)
     assert network_key(build_graph(narrowed, X)) == network_key(build_graph(resnet20(), X))
+
+
+def test_a_removed_branch_costs_what_its_constant_output_stand_in_costs():
+    """A layer whose every input was removed becomes a ConstantOutput, which still writes its output:
+    the prediction from the channel graph (what expand uses) equals the cost of the pruned network."""
+    from netmorph.expand import widths_cost
+    from netmorph.resize import group_targets
+    model = resnet20()
+    prof = synthetic(model, X, blocked)
+    structure = Structure({"layer2.1.conv1": 0, "layer3.2.conv1": 0})
+    graph = build_graph(model, X)
+    built = netmorph.apply_structure(model, structure, example_inputs=X)
+    assert widths_cost(graph, group_targets(graph, structure), "latency", prof) == \
+        pytest.approx(count_cost(built, X, "latency", prof), rel=1e-12)

@@ -249,9 +249,14 @@ def _fit_kind(kind: str, shapes: list[tuple], key: dict) -> tuple[float, float]:
                 fn, elements = _kind_call(kind, (key["batch"], c, *shape[1:]), key["device"], dtype)
                 xs.append(elements)
                 ys.append(_time(fn, key["device"]))
-    A = np.stack([np.ones(len(xs)), np.asarray(xs, float)], 1)
-    overhead, slope = np.linalg.lstsq(A, np.asarray(ys), rcond=None)[0]
-    return max(float(overhead), 0.0), max(float(slope), 0.0)
+    return _line(xs, ys)
+
+
+def _line(x, y) -> tuple[float, float]:
+    """``(a, b)`` of the least-squares line ``y = a + b * x``, each clipped at 0."""
+    x = np.asarray(x, float).ravel()
+    a, b = np.linalg.lstsq(np.stack([np.ones(x.size), x], 1), np.asarray(y, float).ravel(), rcond=None)[0]
+    return max(float(a), 0.0), max(float(b), 0.0)
 
 
 def _kind_shapes(graph, limit: int = 4) -> dict[str, list[tuple]]:
@@ -447,14 +452,21 @@ class DeviceProfile:
         a_in, a_out = piece_counts(graph, alive)
         n_out = graph.pieces.n_out
         layer_ops = self._layer_ops(graph)
+        scale = self._batch_scale(graph)
         for op_index, table, grouped, pieces, fixed in layer_ops:
-            if pieces is None:
+            if pieces is not None and a_in[pieces].sum() == 0 < a_out[pieces].sum():
+                # every input removed: pruning puts a ConstantOutput there, which writes its output
+                out = graph.recording.ops[op_index].outputs[0]
+                elements = float(np.prod(out.shape)) * a_out[pieces].sum() / n_out[pieces].sum() * scale
+                overhead, per = self.kinds["other"]
+                seconds[op_index] = overhead + per * elements
+            elif pieces is None:
                 seconds[op_index] = table.at(fixed[0], fixed[1] if not grouped else 0)
             elif grouped:
                 seconds[op_index] = table.at(float((a_out[pieces] / n_out[pieces]).sum()), 0)
             else:
                 seconds[op_index] = table.at(float(a_in[pieces].sum()), float(a_out[pieces].sum()))
-        elements = op_bytes(graph, alive, 1.0) * self._batch_scale(graph)
+        elements = op_bytes(graph, alive, 1.0) * scale
         is_layer = self._is_layer(graph)
         for i, name in enumerate(graph.op_names):
             if is_layer[i] or elements[i] <= 0:
@@ -579,9 +591,7 @@ class DeviceProfile:
         if fit is None:
             ins, outs, s = np.asarray(table.ins, float), np.asarray(table.outs, float), np.asarray(table.seconds)
             work = ins[:, None] if grouped else ins[:, None] * outs[None, :]
-            A = np.stack([np.ones(work.size), work.ravel()], 1)
-            sol = np.linalg.lstsq(A, s.ravel(), rcond=None)[0]
-            fit = table.__dict__["_fit"] = (max(float(sol[0]), 0.0), max(float(sol[1]), 0.0))
+            fit = table.__dict__["_fit"] = _line(work, s)
         return fit
 
     def smooth_layer_seconds(self, graph, alive: np.ndarray) -> float:
