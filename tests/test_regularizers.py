@@ -177,3 +177,24 @@ def test_a_gamma_at_or_under_the_threshold_is_silenced_even_when_not_exactly_zer
     assert model.bn1.weight[5].item() == pytest.approx(9e-4) and model.bn1.bias[5].item() == pytest.approx(0.3)
     others = [0, 1, 2, 3, 4, 6, 7]
     assert not model.bn1.weight[others].any() and not model.bn1.bias[others].any()
+
+
+def test_channels_whose_gammas_the_user_froze_are_not_regularized_and_explain_says_so():
+    # fine-tuning a pretrained backbone often freezes its first layers: no training can shrink them
+    torch.manual_seed(0)
+    model, x = get_model("resnet20").eval(), torch.randn(1, 3, 32, 32)
+    before = netmorph.GammaFlopsRegularizer(model, x)
+    stem = before.graph.group_of[before.graph.layers["conv1"].out]
+    inner = before.graph.group_of[before.graph.layers["layer2.0.conv1"].out]
+    assert before.regularized[before.graph.groups[stem[0]].channels].all()
+    for p in list(model.bn1.parameters()) + [p for n, p in model.named_parameters() if n.startswith("layer1.") and "bn2" in n]:
+        p.requires_grad_(False)                                    # the stem group's every gamma
+    model.layer2[0].bn1.weight.requires_grad_(False)
+    reg = netmorph.GammaFlopsRegularizer(model, x)
+    assert not reg.regularized[reg.graph.groups[stem[0]].channels].any()
+    assert reg.untrainable[reg.graph.groups[stem[0]].channels].all()
+    assert not reg.regularized[reg.graph.groups[inner[0]].channels].any()
+    others = before.regularized.copy()
+    others[reg.graph.groups[stem[0]].channels] = others[reg.graph.groups[inner[0]].channels] = False
+    assert (reg.regularized == others).all()                      # nothing else changed
+    assert "requires_grad=False (frozen by you)" in netmorph.explain(model, x)

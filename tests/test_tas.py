@@ -11,6 +11,7 @@ from netmorph.graph.removed import ConstantOutput, Vanished
 from netmorph.models import BasicBlock, get_model, resnet20
 from netmorph.tas import TAS, cwi, depth_candidates, distill, gumbel_top2, kd_loss, mix_widths, search, \
     width_candidates
+from netmorph.tas.search import summarize, tau_at, verdict
 from netmorph.train import Recipe
 from tests.conftest import Chain
 from tests.test_train_data import augmentation_of
@@ -371,7 +372,8 @@ def test_search_lands_the_derived_network_in_the_target_band(one_thread):
     history = search(tas, *data, epochs=16, batch_size=16, w_lr=0.05, a_lr=0.05, tau=(1.0, 0.1), flops_weight=20,
                      a_decay=0.0, log=rows.append)
     assert len(history) == len(rows) == 16 and [h["epoch"] for h in history] == list(range(1, 17))
-    assert history[0]["tau"] == 1.0 and history[-1]["tau"] == pytest.approx(0.1)
+    # tau falls geometrically per step (8 steps an epoch): the first row holds the last step of epoch 1's
+    assert history[0]["tau"] == pytest.approx(0.1 ** (7 / 127)) and history[-1]["tau"] == pytest.approx(0.1)
     built = derived_flops(tas, model, x)
     assert built == tas.flops() == history[-1]["flops"]
     assert 0.9 * tas.target_flops <= built <= 1.1 * tas.target_flops, (built, tas.target_flops)
@@ -430,3 +432,52 @@ def test_a_dropped_bottleneck_block_costs_nothing_and_argmax_tas_computes_the_de
     with torch.no_grad():
         assert torch.allclose(tas(inputs), derived(inputs), atol=1e-5)
     assert tas.flops() == netmorph.count_flops(derived, x) == pytest.approx(tas.expected_flops().item(), rel=1e-12)
+
+
+def test_diagnostics_read_each_distribution_and_the_verdict_names_an_undecided_search(tiny_tas):
+    tas = tiny_tas
+    rows = tas.diagnostics()
+    assert [r["kind"] for r in rows] == ["width"] * len(tas.alphas) + ["depth"] * len(tas.betas)
+    assert len({r["name"] for r in rows}) == len(rows)                 # every distribution is told apart
+    # near-uniform logits (the fixture's 0.01 noise): entropy ~1, margin ~0, nothing decided
+    assert all(r["entropy"] > 0.99 and r["margin"] < 0.02 for r in rows)
+    s = summarize(rows)
+    # (a distribution of two candidates has a top-1 of 0.5 or more whatever its logits)
+    assert s["decided"] == sum(r["top1"] >= 0.5 for r in rows) / len(rows) < 0.8 and s["entropy"] > 0.99
+    line = verdict([s])
+    assert "undecided" in line and f"only {s['decided']:.0%}" in line and "--arch-lr" in line and "--search-epochs" in line
+    # one distribution at exactly (0.7, 0.3, 0, ...): top-1 0.7, margin 0.4, entropy H(0.7, 0.3) / log K
+    k = len(tas.alphas[0])
+    with torch.no_grad():
+        tas.alphas[0].fill_(-1e4)
+        tas.alphas[0][:2] = torch.tensor([0.7, 0.3]).log()
+    first = tas.diagnostics()[0]
+    assert first["top1"] == pytest.approx(0.7) and first["margin"] == pytest.approx(0.4)
+    assert first["entropy"] == pytest.approx(-(0.7 * math.log(0.7) + 0.3 * math.log(0.3)) / math.log(k))
+    set_logits(tas)                                                    # every distribution one-hot
+    s = summarize(tas.diagnostics())
+    assert s == pytest.approx({"decided": 1.0, "margin": 1.0, "entropy": 0.0, "max_entropy": 0.0}, abs=1e-6)
+    assert verdict([s]) is None
+
+
+def test_search_augments_both_halves_reproducibly_and_only_images(tiny_tas):
+    tas = tiny_tas
+    start = {k: v.clone() for k, v in tas.state_dict().items()}
+    data = random_data(32, 1), random_data(32, 2)
+    kwargs = dict(epochs=1, batch_size=16, w_lr=0.02, a_lr=0.05, log=lambda *_: None)
+
+    def run(**extra):
+        tas.load_state_dict(start)
+        h = search(tas, *data, **kwargs, **extra)
+        return h[-1]["loss_w"], [p.detach().clone() for p in tas.arch_parameters()]
+    plain, crop, again = run(), run(augment=True), run(augment=True)
+    assert crop[0] == again[0] and all(torch.equal(a, b) for a, b in zip(crop[1], again[1]))
+    assert crop[0] != plain[0]
+    flat = (torch.randn(32, 12), torch.randint(0, 4, (32,)))
+    with pytest.raises(ValueError, match="NCHW"):
+        search(tas, flat, flat, augment=True, **kwargs)
+
+
+def test_tau_falls_geometrically_per_step():
+    assert [round(tau_at(i, 5, (10.0, 0.1)), 6) for i in range(5)] == [10.0, 3.162278, 1.0, 0.316228, 0.1]
+    assert tau_at(0, 1, (10.0, 0.1)) == 10.0

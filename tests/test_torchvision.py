@@ -116,3 +116,55 @@ def test_a_backbone_with_frozen_batchnorm_prunes_exactly_by_weight_norms(shift, 
     assert type(small.layer1[0].bn1) is FrozenBatchNorm2d
     assert len(small.layer1[0].bn1.weight) == small.layer1[0].conv1.out_channels < 64
     assert netmorph.count_flops(small, x) == reg.cost() == reference_flops(small, x)
+
+
+SEGMENTATION = ["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "fcn_resnet50"]
+
+
+def segmentation(name):
+    torch.manual_seed(0)
+    model = getattr(tvm.segmentation, name)(weights=None, weights_backbone=None, num_classes=5,
+                                            **({"aux_loss": True} if name.startswith(("deeplab", "fcn")) else {}))
+    return model.eval(), torch.randn(1, 3, 96, 96)
+
+
+def dict_outputs(model, x):
+    with torch.no_grad():
+        return {k: v.clone() for k, v in model(x).items()}
+
+
+@pytest.mark.parametrize("name", SEGMENTATION)
+def test_segmentation_models_keep_their_output_dict_and_prune_exactly(name):
+    model, x = segmentation(name)
+    assert netmorph.count_flops(model, x) == reference_flops(model, x)
+    reg = netmorph.GammaFlopsRegularizer(model, x)
+    assert reg.regularized.mean() > 0.5                       # most of the network is changeable
+    kill(model, reg, 0.3)
+    before = dict_outputs(model, x)
+    small = netmorph.prune(model, reg).eval()
+    after = dict_outputs(small, x)
+    assert after.keys() == before.keys() and len(before) == (1 if name.startswith("lraspp") else 2)
+    for key, value in before.items():
+        assert after[key].shape == value.shape
+        assert (after[key] - value).abs().max() <= 1e-5 * value.abs().max(), key
+    assert small.netmorph_report.flops_after == reg.cost() == reference_flops(small, x) < reference_flops(model, x)
+
+
+def test_a_dead_aspp_pooling_branch_disappears_before_its_upsample():
+    # DeepLabV3's ASPP pooling branch: pool -> 1x1 conv -> BN -> ReLU -> interpolate -> concat. With its
+    # BN's gammas and betas zero the branch emits zeros; prune removes it with the conv that only fed it
+    model, x = segmentation("deeplabv3_mobilenet_v3_large")
+    pooling = model.classifier[0].convs[-1]
+    with torch.no_grad():
+        pooling[2].weight.zero_()
+        pooling[2].bias.zero_()
+    reg = netmorph.GammaFlopsRegularizer(model, x)
+    before = dict_outputs(model, x)
+    small = netmorph.prune(model, reg).eval()
+    after = dict_outputs(small, x)
+    for key, value in before.items():
+        assert (after[key] - value).abs().max() <= 1e-5 * value.abs().max(), key
+    gone = small.classifier[0].convs[-1]
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in gone.modules())          # the branch's conv is gone
+    project = small.classifier[0].project[0]
+    assert project.in_channels == model.classifier[0].project[0].in_channels - pooling[1].out_channels

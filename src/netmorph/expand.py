@@ -105,7 +105,8 @@ def expand(model, example_inputs, structure, budget: float, resource: str = "flo
                          f"every changeable group at {round_to} channel(s)); raise the budget")
     # groups whose channels a layer interleaves across tied pieces (a chunk reads them) cannot widen
     # (resize refuses: new channels would land in the wrong piece): they grow at most back to their width
-    fixed = {int(graph.group_of[l.out[0]]) for l in graph.layers.values() if graph.interleaves(l.out)}
+    # and neither can groups read through a constant-bound slice x[:, :n] (it would cut new channels off)
+    fixed = {int(graph.group_of[l.out[0]]) for l in graph.layers.values() if graph.interleaves(l.out)} | graph.capped
 
     # a group a layer covers unevenly keeps its width exactly, or stays removed
     pinned = set(graph.uneven())

@@ -13,6 +13,9 @@ def _source(graph: ChannelGraph, group) -> str:
     if group.batchnorms:
         gated = [k for k in ch.tolist() if k in graph.ungated["gamma"]]
         note = "" if not gated else f"; {len(gated)} channel(s) not provable by gamma: {graph.ungated['gamma'][gated[0]]}"
+        weights = [getattr(graph.recording.modules.get(n), "weight", None) for n in group.batchnorms]
+        if weights and all(w is not None and not w.requires_grad for w in weights):
+            note += "; its gammas have requires_grad=False (frozen by you), so no regularizer pulls on them: they stay"
         return f"BatchNorm gamma of {', '.join(group.batchnorms)}{note}"
     layers = [n for n in group.producers if n in graph.layers]
     if layers:
@@ -50,6 +53,8 @@ def explain(model: nn.Module, example_inputs, exclude=()) -> str:
             lines.append(f"      read by:     {', '.join(g.consumers)}")
         if g.frozen is None:
             lines.append(f"      alive by:    {_source(graph, g)}")
+        if g.frozen is None and g.id in graph.capped:
+            lines.append("      capped:      read through a constant-bound slice x[:, :n]: it can narrow, never widen")
     lines += ["", "Layers"]
     rows = [("layer", "kind", "width", "FLOPs", "FLOPs %", "params", "params %")]
     for name, layer in graph.layers.items():

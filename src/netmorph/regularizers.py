@@ -54,12 +54,17 @@ class _Regularizer:
             raise ValueError(self._no_source_message())
         g = self.graph
         covered = np.zeros(g.n_channels, dtype=bool)
-        for _, cls in self._sources:
+        trainable = np.zeros(g.n_channels, dtype=bool)
+        for m, cls in self._sources:
             covered[cls] = True
+            trainable[cls] |= bool(m.weight.requires_grad)
         ungated = np.zeros(g.n_channels, dtype=bool)
         ungated[list(g.ungated[self.family])] = True
+        #: channels whose every source the user froze (``requires_grad=False``: pretrained early layers):
+        #: training cannot shrink them, so they are not regularized and stay
+        self.untrainable = covered & ~trainable
         #: channels that carry a regularizer (the rest are always alive)
-        self.regularized = covered & g.changeable() & ~ungated
+        self.regularized = covered & trainable & g.changeable() & ~ungated
         self._index = torch.as_tensor(np.concatenate([cls for _, cls in self._sources]))
         self._cached_key = None
         self._cached_w = None

@@ -25,6 +25,8 @@ from .structure import Structure
 
 _CONV = nn.modules.conv._ConvNd
 _TCONV = nn.modules.conv._ConvTransposeNd
+_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_TCONV_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def _example(structure, example_inputs):
@@ -209,6 +211,9 @@ def resize(model: nn.Module, graph: ChannelGraph, orders: dict[int, list], examp
         if new_width[g] > graph.groups[g].width and graph.interleaves(layer.out):
             raise ValueError(f"cannot widen '{name}': its channels are interleaved across tied pieces (a chunk "
                              "or similar split reads them), and new channels would land in the wrong piece")
+        if new_width[g] > graph.groups[g].width and g in graph.capped:
+            raise ValueError(f"cannot widen '{name}': its channels are read through a slice with a constant bound "
+                             "(x[:, :n] in the model's code), which would cut the new channels off; it can only narrow")
     new = copy.deepcopy(model)
     rebuilt = set()
     with torch.no_grad():
@@ -283,13 +288,39 @@ def _like(module) -> dict:
 
 
 def _fresh_layer(old: nn.Module, in_w: int, out_w: int, groups: int) -> nn.Module:
+    """``old`` with new widths, its weights drawn the way its base layer draws them. A subclass with
+    its own forward (timm's ``Linear``, ``Conv2dSame``) stays its class: a copy with new parameters."""
     ref = old.weight
     kw = dict(device=ref.device, dtype=ref.dtype)
+    if type(old) not in (nn.Linear, *_CONV_TYPES, *_TCONV_TYPES):
+        return _resized_copy(old, in_w, out_w, groups)
     if isinstance(old, nn.Linear):
         return nn.Linear(in_w, out_w, bias=old.bias is not None, **kw)
     extra = dict(output_padding=old.output_padding) if isinstance(old, _TCONV) else {}
     return type(old)(in_w, out_w, old.kernel_size, stride=old.stride, padding=old.padding, dilation=old.dilation,
                      groups=groups, bias=old.bias is not None, padding_mode=old.padding_mode, **extra, **kw)
+
+
+def _resized_copy(old: nn.Module, in_w: int, out_w: int, groups: int) -> nn.Module:
+    base = nn.Linear if isinstance(old, nn.Linear) else next(t for t in (*_CONV_TYPES, *_TCONV_TYPES) if isinstance(old, t))
+    weight, bias = old.weight, old.bias
+    old.weight, old.bias = None, None                # not deep-copied: replaced below
+    try:
+        new = copy.deepcopy(old)
+    finally:
+        old.weight, old.bias = weight, bias
+    kw = dict(device=weight.device, dtype=weight.dtype)
+    if base is nn.Linear:
+        new.in_features, new.out_features = in_w, out_w
+        shape = (out_w, in_w)
+    else:
+        new.in_channels, new.out_channels, new.groups = in_w, out_w, groups
+        shape = ((in_w, out_w // groups) if isinstance(old, _TCONV) else (out_w, in_w // groups)) + tuple(old.kernel_size)
+    new.weight = nn.Parameter(weight.new_empty(shape, **kw), requires_grad=weight.requires_grad)
+    new.bias = None if bias is None else nn.Parameter(bias.new_empty(out_w, **kw), requires_grad=bias.requires_grad)
+    with torch.no_grad():
+        base.reset_parameters(new)
+    return new
 
 
 def _fresh_norm(old: nn.Module, n: int) -> nn.Module:

@@ -30,7 +30,14 @@ def test_tas_command_distills_the_network_its_search_ends_on(tmp_path):
     final = m["models"]["final"]
     assert final["flops"] == m["models"]["searched"]["flops"] == m["search_history"][-1]["flops"] < full
     assert f"found: {final['flops']:,.0f} FLOPs for a target of {target:,.0f}" in (out / "log.txt").read_text()
-    assert "tolerance 0.1" in (out / "metrics.md").read_text()
+    text = (out / "metrics.md").read_text()
+    assert "tolerance 0.1" in text
+    # the search's diagnostics: one row per search epoch, then every distribution of the last one
+    last = m["search_history"][-1]
+    assert 0 <= last["decided"] <= 1 and 0 <= last["entropy"] <= 1 and len(last["distributions"]) >= 2
+    assert f"| 3 | {last['tau']:.3g} | {last['decided']:.0%} |" in text
+    for d in last["distributions"]:
+        assert f"| {d['name']} | {d['kind']} |" in text
     model = run_reload_code((out / "metrics.md").read_text(), out)
     assert netmorph.count_flops(model, torch.zeros(1, 1, 8, 8)) == final["flops"]
     assert len(m["kd_history"]) == 2 and len(m["search_history"]) == 3
@@ -69,10 +76,37 @@ def test_tas_with_a_saved_teacher_and_keep_init(tmp_path, monkeypatch):
     assert {"features.0.0.weight", "fc.weight"} <= set(floats)
     for k, v in floats.items():
         assert torch.equal(v, supernet[f"model.{k}"][tuple(slice(0, n) for n in v.shape)]), k
-    assert started["features.0.0.weight"].shape[0] < 32                 # narrowed: the first channels, not all
+    assert any(v.shape != supernet[f"model.{k}"].shape for k, v in floats.items())  # narrowed: first channels, not all
     # ... which the search trained away from the teacher's
     assert not torch.equal(started["features.0.0.weight"],
                            teacher_state["features.0.0.weight"][:len(started["features.0.0.weight"])])
+
+
+def test_tas_teacher_init_starts_from_the_teachers_most_important_channels(tmp_path, monkeypatch):
+    torch.manual_seed(1)
+    teacher = load_model("tiny", 10, 1)
+    with torch.no_grad():                          # distinct |gamma| so the kept channels are known
+        for m in teacher.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(torch.randperm(m.num_features).float() + 1)
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
+    started = {}
+
+    def spy(student, *args, **kwargs):
+        started.update({k: v.clone() for k, v in student.state_dict().items()})
+        return real(student, *args, **kwargs)
+    real = tas_cmd.run_distill
+    monkeypatch.setattr(tas_cmd, "run_distill", spy)
+    out = tmp_path / "tas"
+    assert run_cli("tas", "--teacher", tmp_path / "teacher.pt", "--epochs", "1", "--search-epochs", "1",
+                   "--batch-size", "128", "--budget", "30%", "--out", out) == 0     # teacher is the default init
+    for i in (0, 1):                               # conv-BN-ReLU layers tied to no other (features.3 feeds a residual)
+        conv, bn = started[f"features.{i}.0.weight"], teacher.features[i][1].weight.detach()
+        assert len(conv) < len(bn)                 # at 30% of the FLOPs both are narrowed (9 of 32, 38 of 64)
+        kept = torch.sort(bn.abs().topk(len(conv)).indices).values                 # the largest |gamma|
+        assert torch.equal(started[f"features.{i}.1.weight"], bn[kept])
+        if i == 0:                                 # the first layer reads the image: whole rows are the teacher's
+            assert torch.equal(conv, teacher.features[0][0].weight.detach()[kept])
 
 
 def test_tas_refuses_a_model_without_batchnorm_and_a_target_below_the_smallest_network(tmp_path, capsys):

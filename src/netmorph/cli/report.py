@@ -258,12 +258,13 @@ def plot_training(path, rounds: list, final_history: list, baseline_history: lis
 
 def plot_search(path, search_history: list, teacher_history: list | None, kd_history: list, target: float,
                 full: float) -> bool:
-    """TAS: argmax and expected FLOPs over the search epochs against the target band; validation
-    accuracy of the teacher and of the distilled network."""
+    """TAS: argmax and expected FLOPs over the search epochs against the target band; how decided the
+    distributions are (share with top-1 >= 0.5, mean entropy over uniform's); validation accuracy of
+    the teacher and of the distilled network."""
     plt = _pyplot()
     if plt is None:
         return False
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (a, c, b) = plt.subplots(1, 3, figsize=(14, 4))
     epochs = [h["epoch"] for h in search_history]
     a.plot(epochs, [h["flops"] / full for h in search_history], marker=".", label="argmax architecture")
     a.plot(epochs, [h["expected_flops"] / full for h in search_history], marker=".", label="expected")
@@ -272,6 +273,15 @@ def plot_search(path, search_history: list, teacher_history: list | None, kd_his
     a.set_ylabel("FLOPs / original")
     a.set_title("FLOPs while searching")
     a.legend(fontsize=8)
+    if search_history and "decided" in search_history[0]:
+        c.plot(epochs, [h["decided"] for h in search_history], marker=".", label="share with top-1 >= 0.5")
+        c.plot(epochs, [h["entropy"] for h in search_history], marker=".", label="mean entropy / uniform's")
+        c.plot(epochs, [h["margin"] for h in search_history], marker=".", label="mean top-1 - top-2")
+        c.axhline(0.8, ls="--", lw=0.8, color="k")
+        c.set_ylim(-0.02, 1.02)
+        c.legend(fontsize=8)
+    c.set_xlabel("search epoch")
+    c.set_title("width and depth distributions")
     if teacher_history:
         b.plot([h["epoch"] for h in teacher_history], [h["val_acc"] for h in teacher_history], marker=".",
                label="teacher (original)")

@@ -19,10 +19,16 @@ from ..costs import count_flops
 from ..morph import absolute, save_atomic
 from ..resize import apply_structure
 from ..tas import TAS, distill, search
+from ..tas.search import verdict
 from ..train import Interrupted
 from . import common as C
 from .morph_cmd import add_common, closing_lines, restore, setup, train_baseline, train_resumable
 from .report import metrics, plot_search, plot_widths, table
+
+#: search settings and student init chosen on the CIFAR-10 ResNet-20 proxy (benchmarks/tas_proxy.py, cifar_tas.py)
+SEARCH_DEFAULTS = {"a_lr": 5e-2, "w_lr": 0.01}
+INITS = ("teacher", "keep", "fresh")
+DEFAULT_INIT = "teacher"
 
 EPILOG = """examples:
   netmorph tas                                            # built-in digits + tiny CNN, 50% of the FLOPs
@@ -43,8 +49,16 @@ def add_parser(sub) -> None:
                    "train it with the same recipe); a state_dict, checkpoint, Lightning .ckpt or .safetensors, read as plain "
                    "data")
     p.add_argument("--trust-checkpoint", action="store_true", help=C.TRUST_HELP)
-    p.add_argument("--init", choices=("fresh", "keep"), default="fresh", help="the found network starts from "
-                   "fresh weights (default) or the searched weights of its first channels")
+    p.add_argument("--arch-lr", type=float, default=SEARCH_DEFAULTS["a_lr"], help="Adam learning rate of the width "
+                   "and depth logits (default %(default)g; too small and the search ends near uniform)")
+    p.add_argument("--search-lr", type=float, default=SEARCH_DEFAULTS["w_lr"], help="peak SGD learning rate of the "
+                   "weights while searching; the search starts from the teacher's weights, which a large rate "
+                   "wipes out (default %(default)g)")
+    p.add_argument("--init", choices=INITS, default=DEFAULT_INIT, help="how the found network starts its "
+                   "distillation: 'teacher' keeps the teacher's most important channels of every layer (largest "
+                   "|BatchNorm gamma|) with their trained weights; 'keep' takes the searched supernet's weights of the "
+                   "first channels (the ones the search's interpolation trained); 'fresh' draws new weights the way "
+                   "the model initializes itself. Default: %(default)s (docs/benchmarks.md, cifar_tas)")
     p.set_defaults(run=run)
 
 
@@ -84,10 +98,7 @@ def run(args) -> int:
             structure = tas.derive()
             structure.save(out / "searched_structure.json")
             searched = apply_structure(tas.model, structure, keep="first", example_inputs=example)
-            torch.manual_seed(recipe.seed)
-            student = apply_structure(tas.model if args.init == "keep" else build(), structure,
-                                      init="keep" if args.init == "keep" else "fresh", keep="first",
-                                      example_inputs=example)
+            student = initial_student(args.init, structure, build, teacher, tas, example, recipe.seed)
             kd_hist = run_distill(student, teacher, data, recipe, out, stop, progress)
         except Interrupted:
             C.say(f"interrupted: checkpoint saved in {out}; continue with: netmorph tas --resume --out {out}")
@@ -98,6 +109,9 @@ def run(args) -> int:
     torch.save(student.state_dict(), out / "final" / "model.pt")
     pics = plot_widths(out / "widths.png", structure.original, {"found": structure})
     pics &= plot_search(out / "training.png", search_hist, teacher_hist, kd_hist, target, full)
+    undecided = verdict(search_hist)
+    if undecided:
+        C.say(f"warning: {undecided}")
     text = [f"# netmorph tas: {args.model} on {data.name}", "",
             f"FLOPs target {target:,.0f} ({target / full:.0%} of {full:,}), tolerance {args.tolerance}; "
             f"{len(search_hist)} search epochs, {recipe.epochs} distillation epochs; seed {args.seed}.", "",
@@ -105,7 +119,8 @@ def run(args) -> int:
             "original: the teacher (the unpruned network" + (", trained with the same recipe)" if teacher_hist else
                                                               ", loaded from --teacher)") +
             "; searched: the derived network with the search's weights; final: the derived network trained "
-            f"({args.init} init) with knowledge distillation from the teacher.", ""]
+            f"({args.init} init) with knowledge distillation from the teacher.", "",
+            *search_lines(search_hist, full), ""]
     text += closing_lines(args, data, rows, "flops", pics)
     (out / "metrics.md").write_text("\n".join(text) + "\n")
     C.say("\n" + table(rows, "flops") + f"\n\nrun directory: {out}")
@@ -130,11 +145,41 @@ def run_search(args, data, recipe, teacher, target, out, stop, progress):
     x, y = data.train
     progress.stage("TAS search", epochs - (state["epoch"] if state else 0), math.ceil(half / recipe.batch_size))
     history = search(tas, (x[perm[:half]], y[perm[:half]]), (x[perm[half:]], y[perm[half:]]), epochs,
-                     batch_size=recipe.batch_size, w_lr=recipe.lr, seed=recipe.seed,
+                     batch_size=recipe.batch_size, w_lr=args.search_lr, a_lr=args.arch_lr, seed=recipe.seed,
+                     augment=x.dim() == 4 and recipe.flip, crop_padding=recipe.crop_padding,
                      log=lambda s: C.say(f"  search {s}"), on_batch=progress.step,
                      checkpoint=lambda s: save_atomic(s, ckpt), state=state, stop=stop)
     C.say(f"  found: {tas.flops():,.0f} FLOPs for a target of {target:,.0f}")
     return tas, history
+
+
+def initial_student(init: str, structure, build, teacher, tas, example, seed: int):
+    """The found network's starting weights (see ``--init``)."""
+    torch.manual_seed(seed)
+    if init == "teacher":
+        return apply_structure(teacher, structure, init="keep", keep="importance", example_inputs=example)
+    if init == "keep":
+        return apply_structure(tas.model, structure, init="keep", keep="first", example_inputs=example)
+    return apply_structure(build(), structure, init="fresh", keep="first", example_inputs=example)
+
+
+def search_lines(history: list[dict], full: float) -> list[str]:
+    """metrics.md: per search epoch, how decided the distributions are and the FLOPs, then the last
+    epoch's distributions one by one; the verdict line when the search ended undecided."""
+    if not history or "decided" not in history[-1]:
+        return []
+    lines = ["## Search", "", "| epoch | tau | decided (top-1 >= 0.5) | mean margin | mean entropy | argmax FLOPs | "
+             "expected FLOPs |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {h['epoch']} | {h['tau']:.3g} | {h['decided']:.0%} | {h['margin']:.2f} | {h['entropy']:.2f} | "
+              f"{h['flops'] / full:.1%} | {h['expected_flops'] / full:.1%} |" for h in history]
+    lines += ["", "Entropy is over its maximum (1: uniform); margin is top-1 minus top-2 probability.", "",
+              "| distribution | kind | chosen | top-1 | margin | entropy |", "|---|---|---|---|---|---|"]
+    for d in history[-1].get("distributions", []):
+        best = max(range(len(d["probs"])), key=d["probs"].__getitem__)
+        lines.append(f"| {d['name']} | {d['kind']} | {d['candidates'][best]} of {d['candidates']} | {d['top1']:.2f} | "
+                     f"{d['margin']:.2f} | {d['entropy']:.2f} |")
+    undecided = verdict(history)
+    return lines + (["", f"**Warning:** {undecided}."] if undecided else [])
 
 
 def run_distill(student, teacher, data, recipe, out, stop, progress):

@@ -96,6 +96,7 @@ class Builder:
         self.producer: dict[int, str] = {}            # value id -> layer that computed it
         self.follows: dict[str, str] = {}             # layer -> the BatchNorm reading its output
         self.summed: set[str] = set()                 # layers ending a branch added to an independent tensor
+        self.capped: list[np.ndarray] = []            # elements read through x[:, :n] (n constant): may not grow
         self.ancestors: dict[int, int] = {}           # value id -> bitmask of the layers it depends on
         self.layer_bit: dict[str, int] = {}
         self.op_index = 0

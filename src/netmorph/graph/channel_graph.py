@@ -99,6 +99,7 @@ class ChannelGraph:
     op_names: list[str]
     recording: Recording
     example_inputs: tuple = ()
+    capped: set[int] = dataclasses.field(default_factory=set)   # groups read through x[:, :n]: may shrink, not grow
 
     @property
     def n_ops(self) -> int:
@@ -351,4 +352,5 @@ def _finalize(b: Builder) -> ChannelGraph:
         const_elements=np.bincount(np.array(list(b.const_elements), dtype=np.int64),
                                    weights=np.array(list(b.const_elements.values())), minlength=n_ops)
         if b.const_elements else np.zeros(n_ops),
-        const_size=b.const_size, op_names=b.op_names, recording=b.rec)
+        const_size=b.const_size, op_names=b.op_names, recording=b.rec,
+        capped={int(g) for e in b.capped for g in np.unique(group_of[cls[e]])})

@@ -48,6 +48,8 @@ class TAS(nn.Module):
         self.table = FlopsTable(graph)
         self.model = copy.deepcopy(model)
         self._group_width = [g.width for g in graph.groups]
+        self.space_names = [graph.groups[s.group].producers[0] for s in self.spaces]
+        self.stage_names = [f"stage of {', '.join(b.outputs[0] for b in st.blocks)}" for st in self.stages]
         self._layers = {n: (int(graph.group_of[l.out[0]]), l.width // graph.groups[int(graph.group_of[l.out[0]])].width,
                             l.width) for n, l in graph.layers.items()}
         self._hooks: dict[str, list[tuple]] = {}
@@ -161,6 +163,22 @@ class TAS(nn.Module):
         if f < (1 - t) * r:
             return -expected.log().float()
         return expected.new_zeros((), dtype=torch.float32)
+
+    def diagnostics(self) -> list[dict]:
+        """Per distribution (widths first, then depths): its name (a layer making the group, or the
+        stage's blocks), kind, candidates, softmax probabilities, top-1 probability, top-1 minus top-2
+        margin and entropy over ``log(#candidates)`` (1: uniform, 0: decided)."""
+        import math
+        rows = []
+        named = ([("width", n, s.candidates, a) for n, s, a in zip(self.space_names, self.spaces, self.alphas)] +
+                 [("depth", n, s.candidates, b) for n, s, b in zip(self.stage_names, self.stages, self.betas)])
+        for kind, name, cands, logits in named:
+            p = torch.softmax(logits.detach().double(), 0).cpu()
+            top = p.topk(min(2, len(p))).values.tolist() + [0.0]
+            ent = float(-(p * p.clamp_min(1e-30).log()).sum()) / math.log(len(p)) if len(p) > 1 else 0.0
+            rows.append({"kind": kind, "name": name, "candidates": list(cands), "probs": [round(v, 4) for v in p.tolist()],
+                         "top1": top[0], "margin": top[0] - top[1], "entropy": ent})
+        return rows
 
     # -- the found network --------------------------------------------------------------------
     def derive(self) -> Structure:

@@ -6,9 +6,13 @@ Grouping rules:
 - ``chunk(n)`` along the channel axis: piece k holds channels ``[k*C/n, (k+1)*C/n)``, and channel i of
   every piece is tied to channel i of the others, so after pruning the pieces still have equal
   widths and ``chunk`` still cuts them apart where they belong (GLU, grouped heads).
-- ``split`` along the channel axis takes hard-coded sizes, and indexing along it (``x[:, :16]``)
+- ``split`` along the channel axis takes hard-coded sizes, and indexing along it (``x[:, 4:16]``)
   takes hard-coded positions: both would cut in the wrong place once channels are removed, so the
   rule declines and the channels are frozen.
+- Except a slice that keeps every channel (``x[:, :n]`` with ``n`` at least the width: GhostNet's
+  ``cat([x1, x2])[:, :out]`` when the concat is exactly ``out`` wide): it is the identity, and stays
+  the identity while the channels only narrow. Its channels are *capped*: ``apply_structure``
+  refuses to widen them and ``expand`` grows them at most back to their width.
 """
 from __future__ import annotations
 
@@ -38,7 +42,10 @@ def _index_rule(b, op, s, x) -> bool:
             continue
         if in_axis == s.cdim:
             if i != slice(None):
-                return False
+                if not (isinstance(i, slice) and i.start in (None, 0) and i.step in (None, 1)
+                        and isinstance(i.stop, int) and i.stop >= x.shape[s.cdim]):
+                    return False
+                b.capped.append(s.elems)           # identity now; a wider tensor would be cut at i.stop
             b.set(op.outputs[0], s.with_cdim(out_axis))
             return True
         out_axis += not isinstance(i, int)
