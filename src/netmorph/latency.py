@@ -267,7 +267,8 @@ def _kind_shapes(graph, limit: int = 4) -> dict[str, list[tuple]]:
         first = next((v for v in op.inputs if hasattr(v, "shape") and hasattr(v, "id")), None)
         if first is not None and len(first.shape) >= 2:
             found[_KIND_OF.get(op.name, "other")].add(tuple(first.shape[1:]))
-    first = tuple(graph.example_inputs[0].shape[1:]) if graph.example_inputs else (16, 32)
+    first = tuple(graph.example_inputs[0].shape[1:]) if graph.example_inputs and \
+        isinstance(graph.example_inputs[0], torch.Tensor) else (16, 32)
     out = {}
     for k, shapes in found.items():
         ordered = sorted(shapes or {first}, key=lambda s: -int(np.prod(s)))

@@ -31,6 +31,7 @@ from torch import nn
 
 from .costs import Hardware, check_resource, evaluate, get_hardware, op_bytes, op_flops, piece_counts
 from .graph import build_graph
+from .graph.record import input_shapes
 from .structure import Structure
 
 
@@ -124,7 +125,7 @@ class _Regularizer:
         alive = self.alive()
         return Structure({n: int(alive[l.out].sum()) for n, l in self.graph.layers.items()},
                          original={n: l.width for n, l in self.graph.layers.items()},
-                         input_shapes=[list(t.shape) for t in self.graph.example_inputs])
+                         input_shapes=input_shapes(self.graph.example_inputs))
 
     @torch.no_grad()
     def zero_channels(self, channels) -> None:

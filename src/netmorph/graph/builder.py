@@ -97,6 +97,7 @@ class Builder:
         self.follows: dict[str, str] = {}             # layer -> the BatchNorm reading its output
         self.summed: set[str] = set()                 # layers ending a branch added to an independent tensor
         self.capped: list[np.ndarray] = []            # elements read through x[:, :n] (n constant): may not grow
+        self.blank: dict[int, str] = {}               # values made by factory ops from sizes alone -> the op
         self.ancestors: dict[int, int] = {}           # value id -> bitmask of the layers it depends on
         self.layer_bit: dict[str, int] = {}
         self.op_index = 0

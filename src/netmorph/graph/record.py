@@ -146,6 +146,11 @@ class _Recorder(TorchFunctionMode):
         before = self.flops.get_total_flops()
         wrapped_args, wrapped_kwargs = self.wrap(list(args)), self.wrap(kwargs)
         out = func(*args, **kwargs)
+        if name == "setitem" and args and isinstance(args[0], torch.Tensor):
+            # x[i] = v writes into x and returns nothing: from here on x is a new value, made by this op
+            self.ops.append(Op(name, self.stack[-1], wrapped_args, wrapped_kwargs, [self.new_value(args[0])],
+                               self.flops.get_total_flops() - before))
+            return out
         if not any(True for _ in flatten_tensors(out)):
             return out                            # sizes, dtypes, bools: no value flows
         self.ops.append(Op(name, self.stack[-1], wrapped_args, wrapped_kwargs, self.outputs(out),
@@ -188,15 +193,31 @@ def flatten_tensors(obj: Any):
             yield from flatten_tensors(o)
 
 
-def as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
-    """Accept a tensor or a tuple/list of tensors; refuse anything else with a clear message."""
+def _tensors_only(obj: Any) -> bool:
+    """A tensor, or a non-empty list / tuple / dict holding only such."""
+    if isinstance(obj, torch.Tensor):
+        return True
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else None
+    return values is not None and len(values) > 0 and all(_tensors_only(v) for v in values)
+
+
+def as_input_tuple(example_inputs: Any) -> tuple:
+    """The positional arguments of ``model(*args)``: a tensor becomes ``(tensor,)``; a tuple or list is
+    the arguments themselves, each a tensor or a list / tuple / dict of tensors (a torchvision
+    detection model takes a list of images: pass ``([image],)``). Anything else is refused."""
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
-    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(
-            isinstance(t, torch.Tensor) for t in example_inputs):
+    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(_tensors_only(t) for t in example_inputs):
         return tuple(example_inputs)
-    raise TypeError("example_inputs must be a tensor or a non-empty tuple of tensors "
-                    f"(got {type(example_inputs).__name__}); pass e.g. torch.randn(1, 3, 32, 32)")
+    raise TypeError("example_inputs must be a tensor or a non-empty tuple of arguments, each a tensor or a list or "
+                    f"dict of tensors (got {type(example_inputs).__name__}); pass e.g. torch.randn(1, 3, 32, 32), or "
+                    "([image],) for a model that takes a list of images")
+
+
+def input_shapes(inputs: tuple) -> list[list[int]] | None:
+    """The shapes of plain tensor arguments (what a Structure records to rebuild them alone), or None
+    when an argument is a list or dict (the structure then needs its example inputs passed again)."""
+    return [list(t.shape) for t in inputs] if all(isinstance(t, torch.Tensor) for t in inputs) else None
 
 
 def record(model: nn.Module, example_inputs: Any) -> Recording:
@@ -212,11 +233,11 @@ def record(model: nn.Module, example_inputs: Any) -> Recording:
     for m in model.modules():
         handles.append(m.register_forward_pre_hook(rec.pre_hook))
         handles.append(m.register_forward_hook(rec.post_hook))
-    devices = [t.device for t in inputs if t.device.type != "cpu"]
+    devices = [t.device for t in flatten_tensors(inputs) if t.device.type != "cpu"]
     try:
         model.eval()
         with torch.random.fork_rng(devices=devices), torch.enable_grad(), flops, rec:
-            in_values = [rec.new_value(t) for t in inputs]
+            in_values = [rec.new_value(t) for t in flatten_tensors(inputs)]
             try:
                 out = model(*inputs)
             except Exception as exc:  # noqa: BLE001 - re-raised with context

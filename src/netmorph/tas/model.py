@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..graph import build_graph
-from ..graph.record import as_input_tuple
+from ..graph.record import as_input_tuple, input_shapes
 from ..resize import apply_structure
 from ..structure import Structure
 from .flops import FlopsTable
@@ -190,7 +190,7 @@ class TAS(nn.Module):
         widths = {name: 0 if g in dropped else mult * chosen.get(g, self._group_width[g])
                   for name, (g, mult, _) in self._layers.items()}
         return Structure(widths, original={n: w for n, (_, _, w) in self._layers.items()},
-                         input_shapes=[list(t.shape) for t in self.example_inputs])
+                         input_shapes=input_shapes(self.example_inputs))
 
     def derive_model(self, init: str = "keep") -> nn.Module:
         """The derived network built from the searched weights (the first channels of every layer)."""

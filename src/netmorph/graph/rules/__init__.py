@@ -13,7 +13,8 @@ from torch import nn
 from .. import removed as _removed
 from ..record import is_frozen_batchnorm
 from . import (batchnorm, binary, cat, conv, conv_transpose, frozen_batchnorm, functional_layer, functional_norm,
-               groupnorm, layernorm, linear, permute, pointwise, pool, reduce, removed, resample, reshape, split, unknown)
+               groupnorm, layernorm, linear, permute, pointwise, pool, reduce, removed, resample, reshape, setitem, split,
+               unknown)
 
 LAYER_RULES = {
     nn.Conv1d: conv.conv, nn.Conv2d: conv.conv, nn.Conv3d: conv.conv,
@@ -28,7 +29,7 @@ LAYER_RULES = {
 }
 
 FUNCTION_RULES = {}
-for _module in (binary, cat, functional_layer, functional_norm, layernorm, permute, pointwise, pool, reduce, resample, reshape, split):
+for _module in (binary, cat, functional_layer, functional_norm, layernorm, permute, pointwise, pool, reduce, resample, reshape, setitem, split):
     for _name in _module.NAMES:
         FUNCTION_RULES[_name] = _module.rule
 

@@ -23,6 +23,8 @@ def freeze_op(b, op, why: str) -> None:
             b.freeze(s.elems, reason)
     for out in op.outputs:
         b.fresh(out, f"output of {label}", reason, op)
+        if not any(b.get(v) is not None for v in inputs):
+            b.blank[out.id] = op.name             # made from sizes alone (torch.zeros(...)): nothing of the input
     b.const_flops[b.op_index] = b.const_flops.get(b.op_index, 0.0) + float(op.measured_flops)
     b.memory(inputs + op.outputs)
     weights = [op.module.weight] if op.module is not None and hasattr(op.module, "weight") else []
