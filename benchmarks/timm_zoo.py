@@ -118,11 +118,18 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="", help="comma-separated timm names (default: the list above)")
     ap.add_argument("--size", type=int, default=128, help="input height and width (default 128)")
+    ap.add_argument("--rerun-netmorph", action="store_true", help="recompute netmorph's column of every cached model "
+                    "(after a change to netmorph; Torch-Pruning's is kept)")
     args = ap.parse_args()
     names = args.models.split(",") if args.models else list(MODELS.values())
     results = json.loads(CACHE.read_text()) if CACHE.exists() else {}
     x = torch.randn(1, 3, args.size, args.size)
     for name in names:
+        if name in results and args.rerun_netmorph:
+            results[name]["netmorph"] = guarded(run_netmorph, name, x)
+            CACHE.write_text(json.dumps(results, indent=1))
+            print(f"{name}: {results[name]['netmorph']}", flush=True)
+            continue
         if name in results:
             continue
         t = time.perf_counter()
