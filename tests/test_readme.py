@@ -27,3 +27,22 @@ def test_the_using_it_blocks_run_as_written(one_thread):
     assert netmorph.count_flops(scope["small"], example) == scope["reg"].cost()
     assert scope["big"].cost <= netmorph.count_flops(model, example) and scope["big"].omega >= 1
     assert scope["narrow"].layer1[0].conv1.out_channels == 8
+
+
+def test_the_morphnet_loop_and_tas_block_runs_as_written(one_thread, tmp_path, monkeypatch):
+    # declared setup: small CIFAR-shaped tensors, ResNet-20 as the user's model, a trained model to search
+    import netmorph
+    from netmorph.models import resnet20
+    monkeypatch.chdir(tmp_path)                                    # morph.pt is written here
+    g = torch.Generator().manual_seed(0)
+    data = lambda n: (torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g))  # noqa: E731
+    torch.manual_seed(0)
+    scope = {"netmorph": netmorph, "build": resnet20, "train": data(64), "val": data(32),
+             "example": torch.zeros(1, 3, 32, 32), "trained_model": resnet20().eval(),
+             "train_half_a": data(32), "train_half_b": data(32)}
+    (block,) = python_blocks("### The MorphNet loop and TAS from Python", 1)
+    exec(compile(block, str(README), "exec"), scope)                # noqa: S102 - our own README
+    out, tas, student = scope["out"], scope["tas"], scope["student"]
+    assert (tmp_path / "morph.pt").exists() and out["final_cost"] <= netmorph.count_flops(resnet20(), scope["example"])
+    assert len(scope["history"]) == 4 and 0 <= scope["history"][-1]["decided"] <= 1
+    assert netmorph.count_flops(student, scope["example"]) == tas.flops()          # the derived network
