@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .graph import ChannelGraph, build_graph
+from .graph.record import unwrap
 
 RESOURCES = ("flops", "size", "latency")
 
@@ -143,4 +144,4 @@ def count_flops(model: torch.nn.Module, example_inputs) -> int:
 
 def count_params(model: torch.nn.Module) -> int:
     """Every parameter of ``model`` (shared parameters once)."""
-    return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in unwrap(model).parameters())

@@ -6,6 +6,7 @@ from torch import nn
 
 from .costs import count_params, piece_products
 from .graph import ChannelGraph, build_graph
+from .graph.record import unwrap
 
 
 def _source(graph: ChannelGraph, group) -> str:
@@ -26,6 +27,7 @@ def _source(graph: ChannelGraph, group) -> str:
 def explain(model: nn.Module, example_inputs, exclude=()) -> str:
     """Text listing every channel group (members, width, source of aliveness, frozen or not and
     why) and every layer's share of the FLOPs and parameters, for ``model(*example_inputs)``."""
+    model = unwrap(model)
     graph = build_graph(model, example_inputs, exclude)
     alive = np.ones(graph.n_channels, dtype=bool)
     p = graph.pieces

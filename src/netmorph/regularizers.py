@@ -31,7 +31,7 @@ from torch import nn
 
 from .costs import Hardware, check_resource, evaluate, get_hardware, op_bytes, op_flops, piece_counts
 from .graph import build_graph
-from .graph.record import input_shapes
+from .graph.record import input_shapes, unwrap
 from .structure import Structure
 
 
@@ -41,6 +41,7 @@ class _Regularizer:
 
     def __init__(self, model: nn.Module, example_inputs, *, threshold: float, exclude=(), hardware=None):
         check_resource(self.resource)
+        model = unwrap(model)                         # torch.compile / DDP: the module they wrap (same parameters)
         if not threshold >= 0:
             raise ValueError(f"threshold must be >= 0, got {threshold}")
         self.model = model

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .graph import ChannelGraph, GraphRecordError, build_graph
+from .graph.record import unwrap
 from .graph.removed import ConstantOutput, RemovedNorm, Vanished
 from .init import matched_init
 from .regularizers import out_rows
@@ -167,6 +168,7 @@ def apply_structure(model: nn.Module, structure, init="keep", keep: str = "impor
     initializes the resized network the user's way (e.g. ``lambda m: m.apply(my_init)``).
     ``example_inputs`` defaults to zeros of the shapes the structure recorded.
     """
+    model = unwrap(model)
     if not (init in ("keep", "fresh") or callable(init)):
         raise ValueError(f"init must be 'keep', 'fresh' or a function of the new model, got {init!r}")
     if keep not in ("importance", "first"):

@@ -31,7 +31,7 @@ from torch import nn
 
 from .costs import count_flops
 from .graph import ChannelGraph
-from .graph.record import flatten_tensors
+from .graph.record import flatten_tensors, unwrap
 from .graph.removed import ConstantOutput, Vanished
 from .resize import resize
 
@@ -60,6 +60,7 @@ def prune(model: nn.Module, reg) -> nn.Module:
     ``count_flops(pruned, example_inputs)`` equals ``reg.cost()`` for the FLOPs regularizers (and
     the model size / latency equal theirs). The copy carries ``netmorph_report`` (:class:`PruneReport`).
     """
+    model = unwrap(model)
     if reg.model is not model:
         raise ValueError("prune(model, reg): reg was built for a different model object; build the "
                          "regularizer on this model, or pass the model it was built on")

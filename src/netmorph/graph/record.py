@@ -193,6 +193,24 @@ def flatten_tensors(obj: Any):
             yield from flatten_tensors(o)
 
 
+def unwrap(model: Any) -> Any:
+    """The user's own module inside the wrappers training code puts around it, which share its
+    parameters: ``torch.compile``'s ``OptimizedModule`` (``_orig_mod``) and (Distributed)DataParallel
+    (``module``). Sharded models (FSDP) hold only a shard of each parameter and are refused."""
+    while True:
+        cls = type(model)
+        if any(c.__name__ in ("FullyShardedDataParallel", "FSDPModule") for c in cls.__mro__):
+            raise TypeError(f"{cls.__name__}: netmorph does not work on sharded models (FSDP), whose parameters are "
+                            "split across processes; record, regularize and prune the model before sharding it, or "
+                            "use DistributedDataParallel")
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif cls.__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def _tensors_only(obj: Any) -> bool:
     """A tensor, or a non-empty list / tuple / dict holding only such."""
     if isinstance(obj, torch.Tensor):
@@ -224,6 +242,7 @@ def record(model: nn.Module, example_inputs: Any) -> Recording:
     """Run ``model(*example_inputs)`` once and return what it did, leaving the model as it was."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    model = unwrap(model)
     inputs = as_input_tuple(example_inputs)
     modes = {m: m.training for m in model.modules()}
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
