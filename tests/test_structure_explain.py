@@ -57,3 +57,18 @@ def test_explain_lists_groups_sources_frozen_reasons_and_shares():
 def test_explain_on_a_model_without_batchnorm_points_to_group_lasso():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1))
     assert "no BatchNorm: use a GroupLasso regularizer" in netmorph.explain(model, torch.randn(1, 3, 8, 8))
+
+
+def test_explain_names_each_tensor_a_reason_froze():
+    # two unrelated tensors frozen for the same kind of reason are told apart by the tensor they are
+    class TwoOutputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv2d(3, 4, 1)
+            self.b = torch.nn.Conv2d(3, 6, 1)
+
+        def forward(self, x):
+            return self.a(x), self.b(x)
+    text = netmorph.explain(TwoOutputs(), torch.zeros(1, 3, 4, 4))
+    line = next(l for l in text.splitlines() if l.startswith("  - reaches the model output"))
+    assert "4 ch of a" in line and "6 ch of b" in line

@@ -70,7 +70,16 @@ def explain(model: nn.Module, example_inputs, exclude=()) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         lines.append("  " + "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
-    frozen_by = sorted({g.frozen for g in graph.groups if g.frozen})
+    frozen_by: dict[str, list] = {}
+    for g in graph.groups:
+        if g.frozen:
+            frozen_by.setdefault(g.frozen, []).append(g)
     if frozen_by:
-        lines += ["", "Why channels are frozen"] + [f"  - {r}" for r in frozen_by]
+        lines += ["", "Why channels are frozen (each reason, then the tensors it froze: group, width, what made it)"]
+        for reason in sorted(frozen_by):
+            groups = frozen_by[reason]
+            named = "; ".join(f"[{g.id}] {g.width} ch of {', '.join(g.producers[:2]) or 'a constant'}"
+                              + (f" (+{len(g.producers) - 2} more)" if len(g.producers) > 2 else "") for g in groups[:6])
+            more = f"; and {len(groups) - 6} more groups" if len(groups) > 6 else ""
+            lines.append(f"  - {reason}: {named}{more}")
     return "\n".join(lines)
