@@ -131,3 +131,20 @@ def test_shared_conv_called_twice_ties_both_inputs_and_counts_both_calls():
     reg = netmorph.GammaFlopsRegularizer(model, x)
     assert reg.structure()["a"] == reg.structure()["b"] == 3
     assert reg.cost() == 2 * 25 * (3 * 3 * 2 + 3 * 2 * 2)
+
+
+def test_a_conv_reading_a_frozen_tensor_along_another_axis_reads_it_along_axis_1():
+    # Wav2Vec2's feature encoder: a waveform [B, T] becomes [B, 1, T]; the recorded input has its
+    # (frozen) channels on the time axis, and the first conv re-reads it along axis 1 instead of refusing
+    class Waveform(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(1, 8, 5, bias=False)
+            self.norm = nn.BatchNorm1d(8)
+            self.head = nn.Conv1d(8, 4, 3)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.norm(self.conv(x[:, None]))))
+    graph = build_graph(Waveform(), torch.randn(2, 50))
+    made = graph.groups[int(graph.group_of[graph.layers["conv"].out[0]])]
+    assert made.width == 8 and made.frozen is None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..builder import Piece, Slots
+from ..record import Value
 
 
 def conv(b, op) -> bool:
@@ -29,7 +30,8 @@ def conv_layer(b, op, kind: str, transposed: bool) -> bool:
     size their FLOPs count: the output's, or for transposed ones the input's)."""
     m = op.module
     x = op.inputs[0] if op.inputs else None
-    s = b.get(x)
+    # a frozen input (a model input, an unknown op's output: Wav2Vec2's waveform) is re-read along axis 1
+    s = b.along(x, 1) if isinstance(x, Value) and len(x.shape) >= 2 else b.get(x)
     nd = len(m.kernel_size)
     if s is None or s.cdim != 1 or len(x.shape) != nd + 2 or len(op.outputs) != 1 or len(op.inputs) > 1:
         return False
