@@ -56,3 +56,25 @@ def test_spatial_reductions_pass_channels(how, x8):
 def test_reduction_over_channels_freezes(x8):
     group = next(g for g in build_graph(Reduce("channel"), x8).groups if "conv" in g.producers)
     assert group.frozen is not None and "'mean'" in group.frozen
+
+
+def test_element_wise_math_of_transformer_activations_passes_channels():
+    # GPT-2's gelu written out with pow and tanh, BERT's with erf: the MLP hidden width stays changeable
+    class Mlp(nn.Module):
+        def __init__(self, act):
+            super().__init__()
+            self.act = act
+            self.fc1, self.fc2 = nn.Linear(8, 32), nn.Linear(32, 8)
+
+        def forward(self, x):
+            return self.fc2(self.act(self.fc1(x)))
+    acts = {"gpt2": lambda h: 0.5 * h * (1 + torch.tanh(0.79788 * (h + 0.044715 * torch.pow(h, 3.0)))),
+            "bert": lambda h: h * 0.5 * (1.0 + torch.erf(h / 1.41421)),
+            "square": lambda h: torch.square(h).neg().exp()}
+    x = torch.randn(2, 5, 8)
+    for name, act in acts.items():
+        graph = build_graph(Mlp(act), x)
+        hidden = graph.groups[int(graph.group_of[graph.layers["fc1"].out[0]])]
+        assert hidden.frozen is None and hidden.width == 32, name
+    graph = build_graph(Mlp(lambda h: torch.pow(h, -1.0)), x)                  # 0 ** -1 = inf: not provable
+    assert graph.groups[int(graph.group_of[graph.layers["fc1"].out[0]])].frozen is not None
