@@ -31,7 +31,7 @@ from torch import nn
 
 from .costs import Hardware, check_resource, evaluate, get_hardware, op_bytes, op_flops, piece_counts
 from .graph import build_graph
-from .graph.record import input_shapes, unwrap
+from .graph.record import input_shapes, is_conv1d, unwrap
 from .structure import Structure
 
 
@@ -393,6 +393,8 @@ def out_rows(m: nn.Module) -> torch.Tensor:
     if isinstance(m, nn.modules.conv._ConvTransposeNd):       # laid out [in, out/g, *k]
         g = m.groups
         return w.reshape(g, w.shape[0] // g, w.shape[1], -1).permute(0, 2, 1, 3).reshape(m.out_channels, -1)
+    if is_conv1d(m):                                           # Hugging Face Conv1D: [in, out]
+        return w.t()
     return w.flatten(1)
 
 
@@ -403,6 +405,8 @@ def set_out_rows(m: nn.Module, rows: torch.Tensor) -> None:
     if isinstance(m, nn.modules.conv._ConvTransposeNd):
         g = m.groups
         rows = rows.reshape(g, w.shape[1], w.shape[0] // g, -1).permute(0, 2, 1, 3)
+    elif is_conv1d(m):
+        rows = rows.t()
     w.copy_(rows.reshape(w.shape))
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .graph import ChannelGraph, GraphRecordError, build_graph
-from .graph.record import unwrap
+from .graph.record import is_conv1d, unwrap
 from .graph.removed import ConstantOutput, RemovedNorm, Vanished
 from .init import matched_init
 from .regularizers import out_rows
@@ -294,6 +294,8 @@ def _fresh_layer(old: nn.Module, in_w: int, out_w: int, groups: int) -> nn.Modul
     its own forward (timm's ``Linear``, ``Conv2dSame``) stays its class: a copy with new parameters."""
     ref = old.weight
     kw = dict(device=ref.device, dtype=ref.dtype)
+    if is_conv1d(old):
+        return _resized_conv1d(old, in_w, out_w)
     if type(old) not in (nn.Linear, *_CONV_TYPES, *_TCONV_TYPES):
         return _resized_copy(old, in_w, out_w, groups)
     if isinstance(old, nn.Linear):
@@ -303,14 +305,31 @@ def _fresh_layer(old: nn.Module, in_w: int, out_w: int, groups: int) -> nn.Modul
                      groups=groups, bias=old.bias is not None, padding_mode=old.padding_mode, **extra, **kw)
 
 
+def _without_weights_copy(old: nn.Module) -> nn.Module:
+    weight, bias = old.weight, old.bias
+    old.weight, old.bias = None, None                # not deep-copied: replaced by the caller
+    try:
+        return copy.deepcopy(old)
+    finally:
+        old.weight, old.bias = weight, bias
+
+
+def _resized_conv1d(old: nn.Module, in_w: int, out_w: int) -> nn.Module:
+    """Hugging Face's Conv1D with new widths: weight ``[in, out]`` drawn N(0, 0.02) as its constructor
+    does, bias 0."""
+    new = _without_weights_copy(old)
+    new.nf = out_w
+    if hasattr(new, "nx"):
+        new.nx = in_w
+    new.weight = nn.Parameter(old.weight.new_empty(in_w, out_w).normal_(0, 0.02), requires_grad=old.weight.requires_grad)
+    new.bias = None if old.bias is None else nn.Parameter(old.bias.new_zeros(out_w), requires_grad=old.bias.requires_grad)
+    return new
+
+
 def _resized_copy(old: nn.Module, in_w: int, out_w: int, groups: int) -> nn.Module:
     base = nn.Linear if isinstance(old, nn.Linear) else next(t for t in (*_CONV_TYPES, *_TCONV_TYPES) if isinstance(old, t))
     weight, bias = old.weight, old.bias
-    old.weight, old.bias = None, None                # not deep-copied: replaced below
-    try:
-        new = copy.deepcopy(old)
-    finally:
-        old.weight, old.bias = weight, bias
+    new = _without_weights_copy(old)
     kw = dict(device=weight.device, dtype=weight.dtype)
     if base is nn.Linear:
         new.in_features, new.out_features = in_w, out_w
@@ -432,7 +451,7 @@ def _copy_weights(model, old_graph, new, new_graph, orders, silent_new: bool = F
                 continue
             i_new, i_old = _positions(layer.inputs, old_l.inputs, cmap, *frozen)
             w_new, w_old = new_m.weight, old_m.weight
-            transposed = isinstance(new_m, _TCONV)
+            transposed = isinstance(new_m, _TCONV) or is_conv1d(new_m)      # weight laid out [in, out]
             grouped = getattr(old_m, "groups", 1) > 1
             if grouped:                                   # whole groups: copy full rows of kept groups
                 if transposed:

@@ -31,7 +31,7 @@ from torch import nn
 
 from .costs import count_flops
 from .graph import ChannelGraph
-from .graph.record import flatten_tensors, unwrap
+from .graph.record import flatten_tensors, is_conv1d, unwrap
 from .graph.removed import ConstantOutput, Vanished
 from .resize import resize
 
@@ -130,13 +130,16 @@ def _shift(layer: nn.Module, in_keep: np.ndarray, values: torch.Tensor) -> torch
         w = w.sum(dim=tuple(range(2, w.dim())))
         if isinstance(layer, nn.modules.conv._ConvTransposeNd):
             w = w.t()                                     # [in, out] -> [out, in]
+    elif is_conv1d(layer):
+        w = w.t()                                         # Hugging Face Conv1D: [in, out] -> [out, in]
     return w[:, removed] @ values[removed].to(w)
 
 
 def _bias(layer: nn.Module) -> torch.Tensor:
     if getattr(layer, "bias", None) is not None:
         return layer.bias.detach().clone()
-    n = layer.out_channels if isinstance(layer, nn.modules.conv._ConvNd) else layer.out_features
+    n = layer.out_channels if isinstance(layer, nn.modules.conv._ConvNd) else \
+        layer.nf if is_conv1d(layer) else layer.out_features
     return torch.zeros(n, dtype=layer.weight.dtype, device=layer.weight.device)
 
 

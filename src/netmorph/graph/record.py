@@ -79,7 +79,7 @@ def is_frozen_batchnorm(module) -> bool:
 
 def _is_layer(module: nn.Module) -> bool:
     return (isinstance(module, LAYER_TYPES) and type(module).forward in {t.forward for t in LAYER_TYPES}) or \
-        is_frozen_batchnorm(module)
+        is_frozen_batchnorm(module) or is_conv1d(module)
 
 
 def normalize_name(func: Any) -> str:
@@ -191,6 +191,12 @@ def flatten_tensors(obj: Any):
     elif isinstance(obj, dict):
         for o in obj.values():
             yield from flatten_tensors(o)
+
+
+def is_conv1d(module: Any) -> bool:
+    """Hugging Face's ``Conv1D`` (GPT-2): a linear layer whose weight is laid out ``[in, out]``."""
+    return type(module).__name__ == "Conv1D" and isinstance(getattr(module, "nf", None), int) and \
+        isinstance(getattr(module, "weight", None), nn.Parameter) and module.weight.dim() == 2
 
 
 def unwrap(model: Any) -> Any:

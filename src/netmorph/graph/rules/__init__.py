@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from .. import removed as _removed
-from ..record import is_frozen_batchnorm
+from ..record import is_conv1d, is_frozen_batchnorm
 from . import (batchnorm, binary, cat, conv, conv_transpose, frozen_batchnorm, functional_layer, functional_norm,
                groupnorm, layernorm, linear, permute, pointwise, pool, reduce, removed, resample, reshape, setitem, split,
                unknown)
@@ -40,7 +40,8 @@ def apply(builder, op) -> None:
         rule = FUNCTION_RULES.get(op.name)
     else:
         rule = LAYER_RULES.get(type(op.module)) or \
-            (frozen_batchnorm.frozen_batchnorm if is_frozen_batchnorm(op.module) else None)
+            (frozen_batchnorm.frozen_batchnorm if is_frozen_batchnorm(op.module) else None) or \
+            (linear.conv1d if is_conv1d(op.module) else None)
     if rule is None or not rule(builder, op):
         unknown.freeze_op(builder, op, "no rule for this op" if rule is None else "outside what the rule can prove safe")
     builder.track_ancestors(op)

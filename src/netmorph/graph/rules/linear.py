@@ -17,13 +17,23 @@ from ..record import Value
 
 
 def linear(b, op) -> bool:
-    m = op.module
+    return linear_layer(b, op, op.module.out_features)
+
+
+def conv1d(b, op) -> bool:
+    """Hugging Face's ``Conv1D`` (GPT-2's projections): a linear layer of ``nf`` outputs whose weight is
+    laid out ``[in, out]`` (recorded as one layer: its ``view``/``addmm``/``view`` inside is its own)."""
+    return linear_layer(b, op, op.module.nf)
+
+
+def linear_layer(b, op, n_out: int) -> bool:
+    """The linear rule for a layer of ``n_out`` output features (``op.module`` is the layer)."""
     x = op.inputs[0] if op.inputs else None
     s = b.along(x, len(x.shape) - 1) if isinstance(x, Value) else None
     if s is None or s.cdim != len(x.shape) - 1 or len(op.outputs) != 1:
         return False
     out = op.outputs[0]
-    info = b.layer(op, "linear", m.out_features)
+    info = b.layer(op, "linear", n_out)
     if info.in_elems is None:
         info.in_elems = s.elems
     else:
@@ -32,7 +42,7 @@ def linear(b, op) -> bool:
                           1.0 if info.calls == 1 else 0.0, 1.0, False))
     b.consumed.append((info.name, s))
     b.producer[out.id] = info.name
-    n = m.out_features
+    n = n_out
     b.set(out, Slots(len(out.shape) - 1, info.out_elems, np.zeros(n, dtype=bool), np.ones(n, dtype=bool), info.name))
     b.memory([x, out])
     return True

@@ -1,0 +1,67 @@
+"""Hugging Face transformers built from small configs (nothing is downloaded). GPT-2's projections
+are ``Conv1D`` layers (weight laid out ``[in, out]``, computed by ``addmm``) and its GELU is written
+out with ``pow`` and ``tanh``: its MLP hidden width is changeable and prunes exactly. Heads and the
+hidden size are not changed yet (see ``netmorph explain``)."""
+import pytest
+import torch
+from torch import nn
+
+import netmorph
+from netmorph.graph import build_graph
+from tests.conftest import reference_flops
+from tests.test_prune import kill
+
+transformers = pytest.importorskip("transformers", reason="transformers is in the test extra: pip install -e '.[test]'")
+
+
+class Logits(nn.Module):
+    """The language model's logits for token ids (no key/value cache: it would be an output)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids):
+        return self.model(input_ids=ids, use_cache=False).logits
+
+
+def gpt2():
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_inner=256, vocab_size=100, n_positions=32,
+                                     bos_token_id=0, eos_token_id=0)
+    return Logits(transformers.GPT2LMHeadModel(config).eval()).eval(), torch.randint(0, 100, (1, 16))
+
+
+def test_gpt2_mlp_hidden_width_is_changeable_and_prunes_exactly(one_thread):
+    model, ids = gpt2()
+    assert netmorph.count_flops(model, ids) == reference_flops(model, ids)
+    graph = build_graph(model, ids)
+    changeable = sorted(n for n, l in graph.layers.items() if graph.groups[int(graph.group_of[l.out[0]])].frozen is None)
+    assert changeable == ["model.transformer.h.0.mlp.c_fc", "model.transformer.h.1.mlp.c_fc"]
+    reg = netmorph.GroupLassoFlopsRegularizer(model, ids, threshold=0.0)
+    reg.loss().backward()                                          # weight norms of the [in, out] columns
+    assert model.model.transformer.h[0].mlp.c_fc.weight.grad.abs().sum() > 0
+    kill(model, reg, 0.3)
+    with torch.no_grad():
+        before = model(ids)
+    small = netmorph.prune(model, reg).eval()
+    with torch.no_grad():
+        assert (small(ids) - before).abs().max() <= 1e-5 * before.abs().max()
+    fc, proj = small.model.transformer.h[0].mlp.c_fc, small.model.transformer.h[0].mlp.c_proj
+    assert type(fc).__name__ == "Conv1D" and fc.weight.shape == (64, fc.nf) and proj.weight.shape == (fc.nf, 64)
+    assert fc.nf < 256
+    assert netmorph.count_flops(small, ids) == reg.cost() == reference_flops(small, ids) < reference_flops(model, ids)
+
+
+def test_gpt2_mlp_width_set_by_apply_structure_keeps_the_conv1d_layout(one_thread):
+    model, ids = gpt2()
+    wide = netmorph.apply_structure(model, {"model.transformer.h.0.mlp.c_fc": 300, "model.transformer.h.1.mlp.c_fc": 96},
+                                    example_inputs=ids)
+    h0, h1 = wide.model.transformer.h
+    assert h0.mlp.c_fc.weight.shape == (64, 300) and h0.mlp.c_proj.weight.shape == (300, 64) and h0.mlp.c_fc.nf == 300
+    assert h1.mlp.c_fc.weight.shape == (64, 96) and h1.mlp.c_proj.weight.shape == (96, 64)
+    assert wide(ids).shape == model(ids).shape
+    # the kept channels keep their weights: the most important 96 columns of layer 1's c_fc
+    old = model.model.transformer.h[1].mlp.c_fc.weight
+    kept = torch.sort(old.norm(dim=0).topk(96).indices).values
+    assert torch.equal(h1.mlp.c_fc.weight, old[:, kept])
