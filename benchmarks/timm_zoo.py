@@ -4,7 +4,8 @@ Run: ``python benchmarks/timm_zoo.py [--models a,b] [--size 128]`` (needs ``timm
 columns need the ``bench`` extra). One small variant of each family, random weights (nothing is
 downloaded), input 1x3xSIZExSIZE. For each model:
 
-- netmorph: build the Gamma FLOPs regularizer (GroupLasso if the model has no BatchNorm); make 30% of
+- netmorph: build the FLOPs regularizer ``morph`` would (``make_regularizer``: Gamma, or GroupLasso when the
+  model has no BatchNorm or its gammas reach less than half of what weight norms reach); make 30% of
   the regularized channels exactly dead; prune; check the outputs equal the original's (1e-4 of their
   scale), ``count_flops(pruned) == reg.cost()`` below 97% of the FLOPs, and ``count_flops`` equals torch's
   ``FlopCounterMode`` (gradients on) on the original. *Handled* = all of that holds.
@@ -27,6 +28,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import netmorph
+from netmorph.morph import make_regularizer
 from report import write_section
 
 CACHE = Path(__file__).parent / "results" / "timm_zoo.json"
@@ -66,14 +68,9 @@ def run_netmorph(name: str, x) -> dict:
     model = build(name)
     has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     t = time.perf_counter()
-    try:
-        reg = netmorph.GammaFlopsRegularizer(model, x)
-        family = "gamma"
-    except ValueError as exc:
-        if "needs BatchNorm" not in str(exc):
-            raise
-        reg = netmorph.GroupLassoFlopsRegularizer(model, x, threshold=0.0)
-        family = "group lasso"
+    reg = make_regularizer(model, x)               # the library's own zero-configuration choice
+    family = "gamma" if reg.family == "gamma" else "group lasso"
+    reg.threshold = 0.0                              # dead = exactly zero (the kills below), nothing else
     build_s = time.perf_counter() - t
     share = float(reg.regularized.mean())
     dead = (np.random.default_rng(0).random(reg.graph.n_channels) < 0.3) & reg.regularized

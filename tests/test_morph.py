@@ -1,9 +1,10 @@
 """The MorphNet loop: budgets and shrink targets, the strength controller, one full round."""
 import pytest
 import torch
+from torch import nn
 
 import netmorph
-from netmorph.models import tiny_cnn
+from netmorph.models import get_model, tiny_cnn
 from netmorph.morph import absolute, morph, regularize
 from netmorph.train import Recipe
 
@@ -160,3 +161,25 @@ def test_expand_counts_a_pinned_group_at_its_width_in_the_smallest_structure():
     out = netmorph.expand(model, x, full, budget=1.01 * smallest)
     assert smallest <= out.cost <= 1.01 * smallest and (out["blocks.0.a.0"], out["blocks.0.b.0"]) == (2, 2)
     assert netmorph.count_flops(netmorph.apply_structure(model, out, example_inputs=x), x) == out.cost
+
+
+def test_make_regularizer_takes_weight_norms_when_the_gammas_reach_little():
+    # a MetaFormer block: GroupNorm over all channels (one group) mixes them, so its gammas prove
+    # nothing; the MLP hidden width is reachable by weight norms only
+    class MetaBlock(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 3, padding=1)
+            self.norm = nn.GroupNorm(1, 16)
+            self.fc1, self.fc2 = nn.Conv2d(16, 64, 1), nn.Conv2d(64, 16, 1)
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x):
+            x = self.stem(x)
+            x = x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm(x))))
+            return self.head(x.mean((2, 3)))
+    from netmorph.morph import make_regularizer
+    x = torch.randn(1, 3, 8, 8)
+    reg = make_regularizer(MetaBlock(), x)
+    assert reg.family == "weight" and reg.regularized.sum() >= 64           # the MLP hidden width at least
+    assert make_regularizer(get_model("resnet20"), torch.randn(1, 3, 32, 32)).family == "gamma"

@@ -45,6 +45,10 @@ FAMILY = {("gamma", "flops"): R.GammaFlopsRegularizer, ("gamma", "size"): R.Gamm
 def make_regularizer(model, example_inputs, resource="flops", hardware=None, widths=False):
     """The Gamma regularizer for ``resource`` if the model has BatchNorm, else the GroupLasso one.
 
+    When the BatchNorm gammas reach fewer than half of the channels the weight norms reach (norms
+    that mix channels, such as a MetaFormer's GroupNorm over all channels, leave the MLP widths
+    without a BatchNorm), the GroupLasso one: it regularizes what the gammas would leave alone.
+
     ``widths``: the result must be a structure of widths (the MorphNet loop), so groups a width
     cannot describe are not regularized (:meth:`~netmorph.regularizers.GammaFlopsRegularizer.keep_uneven`).
     """
@@ -56,6 +60,10 @@ def make_regularizer(model, example_inputs, resource="flops", hardware=None, wid
         if "needs BatchNorm" not in str(exc):
             raise
         reg = FAMILY["weight", resource](model, example_inputs, **kw)
+    else:
+        weights = FAMILY["weight", resource](model, example_inputs, **kw)
+        if reg.regularized.sum() < 0.5 * weights.regularized.sum():
+            reg = weights
     if widths:
         reg.keep_uneven()
     return reg
