@@ -16,7 +16,7 @@ cached in ``benchmarks/results/cifar/`` (checkpointed every epoch: rerun to resu
   (+-2 points), same student recipe (seed 0's teacher): does the search beat chance?
 - ``reference``: the structure the TAS authors published for ResNet-20 (AutoDL-Projects,
   ``C010-ResNet20.config``) in our tied residual widths (see ``reference_structure``), same recipe.
-- ``init_{fresh,keep,teacher}``: 3-epoch KD proxies of the student inits on seed 0's structure.
+- ``init_{fresh,keep,teacher}``: ``INIT_EPOCHS``-epoch KD proxies of the student inits on seed 0's structure.
 Tables go to docs/benchmarks.md (``cifar_tas`` section).
 """
 from __future__ import annotations
@@ -47,6 +47,8 @@ SEARCH = dict(w_lr=0.01, a_lr=5e-2, tau=(10.0, 0.1), augment=True)
 #: the student's init, from the init_* proxy arms
 INIT = "teacher"
 SEEDS = (0, 1, 2)
+#: epochs of the init proxies (one-cycle, KD): how far each start gets on a short budget
+INIT_EPOCHS = 1
 
 
 def load(name: str) -> dict | None:
@@ -196,7 +198,7 @@ def arm_reference(data, recipe):
 
 def arm_init(init: str):
     def run(data, recipe):
-        return train_student(f"init_{init}", search_result(0), 0, data, replace(recipe, epochs=3), init=init)
+        return train_student(f"init_{init}", search_result(0), 0, data, replace(recipe, epochs=INIT_EPOCHS), init=init)
     return run
 
 
@@ -245,7 +247,7 @@ def write_tables(full: float) -> None:
     for name, what in [("tas_kd_s0", "TAS (seed 0)"), ("tas_nokd_s0", "TAS (seed 0)"),
                        *[(f"random_{k}", f"random draw {k} from the search space") for k in range(3)],
                        ("reference", "published TAS structure (tied widths)"), ("uniform_kd_s0", "uniform x0.7"),
-                       *[(f"init_{i}", "TAS (seed 0), 3-epoch proxy") for i in ("fresh", "keep", "teacher")]]:
+                       *[(f"init_{i}", f"TAS (seed 0), {INIT_EPOCHS}-epoch proxy") for i in ("fresh", "keep", "teacher")]]:
         r = load(name)
         if r:
             other.append(f"| {name} | {what} | {r['init']} | {'yes' if r['kd'] else 'no'} | {r['ledger']['student']} | "
