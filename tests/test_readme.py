@@ -46,3 +46,27 @@ def test_the_morphnet_loop_and_tas_block_runs_as_written(one_thread, tmp_path, m
     assert (tmp_path / "morph.pt").exists() and out["final_cost"] <= netmorph.count_flops(resnet20(), scope["example"])
     assert len(scope["history"]) == 4 and 0 <= scope["history"][-1]["decided"] <= 1
     assert netmorph.count_flops(student, scope["example"]) == tas.flops()          # the derived network
+
+
+def test_the_reload_block_runs_as_written(one_thread, tmp_path, monkeypatch):
+    # declared setup: what a run leaves in runs/r20/final (a narrowed ResNet-20's structure and weights)
+    import netmorph
+    from netmorph.models import resnet20
+    monkeypatch.chdir(tmp_path)
+    x = torch.zeros(1, 3, 32, 32)
+    torch.manual_seed(0)
+    small = netmorph.apply_structure(resnet20(), {"layer1.0.conv1": 8, "layer3.2.conv1": 40}, example_inputs=x)
+    final = tmp_path / "runs" / "r20" / "final"
+    final.mkdir(parents=True)
+    structure = netmorph.Structure({n: m.out_channels for n, m in small.named_modules() if isinstance(m, torch.nn.Conv2d)},
+                                   input_shapes=[list(x.shape)])
+    structure.save(final / "structure.json")
+    torch.save(small.state_dict(), final / "model.pt")
+    text = README.read_text()
+    block = re.findall(r"```python\n(.*?)```", text[text.index("Reload the final model"):], re.S)[0]
+    scope = {"netmorph": netmorph}
+    exec(compile(block, str(README), "exec"), scope)                # noqa: S102 - our own README
+    model = scope["model"].eval()
+    assert model.layer1[0].conv1.out_channels == 8 and model.layer3[2].conv1.out_channels == 40
+    with torch.no_grad():
+        assert torch.equal(model(torch.ones(2, 3, 32, 32)), small.eval()(torch.ones(2, 3, 32, 32)))
