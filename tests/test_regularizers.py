@@ -198,3 +198,8 @@ def test_channels_whose_gammas_the_user_froze_are_not_regularized_and_explain_sa
     others[reg.graph.groups[stem[0]].channels] = others[reg.graph.groups[inner[0]].channels] = False
     assert (reg.regularized == others).all()                      # nothing else changed
     assert "requires_grad=False (frozen by you)" in netmorph.explain(model, x)
+    # one frozen member is enough: the prox would otherwise write the gammas the user froze
+    fresh = get_model("resnet20").eval()
+    fresh.layer1[1].bn2.weight.requires_grad_(False)
+    reg = netmorph.GammaFlopsRegularizer(fresh, x)
+    assert not reg.regularized[reg.graph.groups[stem[0]].channels].any()

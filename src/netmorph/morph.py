@@ -45,9 +45,10 @@ FAMILY = {("gamma", "flops"): R.GammaFlopsRegularizer, ("gamma", "size"): R.Gamm
 def make_regularizer(model, example_inputs, resource="flops", hardware=None, widths=False):
     """The Gamma regularizer for ``resource`` if the model has BatchNorm, else the GroupLasso one.
 
-    When the BatchNorm gammas reach fewer than half of the channels the weight norms reach (norms
-    that mix channels, such as a MetaFormer's GroupNorm over all channels, leave the MLP widths
-    without a BatchNorm), the GroupLasso one: it regularizes what the gammas would leave alone.
+    When the BatchNorm gammas reach fewer than a quarter of the channels the weight norms reach
+    (norms that mix channels, such as a MetaFormer's GroupNorm over all channels, leave the MLP widths
+    without a BatchNorm), the GroupLasso one: it regularizes what the gammas would leave alone. (A
+    VGG-BN, whose gammas reach its convs but not its classifier's hidden layers, keeps the gammas.)
 
     ``widths``: the result must be a structure of widths (the MorphNet loop), so groups a width
     cannot describe are not regularized (:meth:`~netmorph.regularizers.GammaFlopsRegularizer.keep_uneven`).
@@ -62,7 +63,7 @@ def make_regularizer(model, example_inputs, resource="flops", hardware=None, wid
         reg = FAMILY["weight", resource](model, example_inputs, **kw)
     else:
         weights = FAMILY["weight", resource](model, example_inputs, **kw)
-        if reg.regularized.sum() < 0.5 * weights.regularized.sum():
+        if reg.regularized.sum() < 0.25 * weights.regularized.sum():
             reg = weights
     if widths:
         reg.keep_uneven()

@@ -56,14 +56,15 @@ class _Regularizer:
             raise ValueError(self._no_source_message())
         g = self.graph
         covered = np.zeros(g.n_channels, dtype=bool)
-        trainable = np.zeros(g.n_channels, dtype=bool)
+        held = np.zeros(g.n_channels, dtype=bool)          # a member the user froze: never written to
         for m, cls in self._sources:
             covered[cls] = True
-            trainable[cls] |= bool(m.weight.requires_grad)
+            held[cls] |= not m.weight.requires_grad
+        trainable = ~held
         ungated = np.zeros(g.n_channels, dtype=bool)
         ungated[list(g.ungated[self.family])] = True
-        #: channels whose every source the user froze (``requires_grad=False``: pretrained early layers):
-        #: training cannot shrink them, so they are not regularized and stay
+        #: channels with a source the user froze (``requires_grad=False``: pretrained early layers):
+        #: training cannot shrink it and netmorph must not write it, so they are not regularized and stay
         self.untrainable = covered & ~trainable
         #: channels that carry a regularizer (the rest are always alive)
         self.regularized = covered & trainable & g.changeable() & ~ungated

@@ -273,7 +273,7 @@ def plot_search(path, search_history: list, teacher_history: list | None, kd_his
     a.set_ylabel("FLOPs / original")
     a.set_title("FLOPs while searching")
     a.legend(fontsize=8)
-    if search_history and "decided" in search_history[0]:
+    if search_history and all("decided" in h for h in search_history):
         c.plot(epochs, [h["decided"] for h in search_history], marker=".", label="share with top-1 >= 0.5")
         c.plot(epochs, [h["entropy"] for h in search_history], marker=".", label="mean entropy / uniform's")
         c.plot(epochs, [h["margin"] for h in search_history], marker=".", label="mean top-1 - top-2")

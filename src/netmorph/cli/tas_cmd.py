@@ -166,7 +166,7 @@ def initial_student(init: str, structure, build, teacher, tas, example, seed: in
 def search_lines(history: list[dict], full: float) -> list[str]:
     """metrics.md: per search epoch, how decided the distributions are and the FLOPs, then the last
     epoch's distributions one by one; the verdict line when the search ended undecided."""
-    if not history or "decided" not in history[-1]:
+    if not history or not all("decided" in h for h in history):      # a search from before the diagnostics
         return []
     lines = ["## Search", "", "| epoch | tau | decided (top-1 >= 0.5) | mean margin | mean entropy | argmax FLOPs | "
              "expected FLOPs |", "|---|---|---|---|---|---|---|"]

@@ -235,8 +235,11 @@ class Builder:
         mask = 0
         for v in self.tensors(op):
             mask |= self.ancestors.get(v.id, 0)
-        if op.module_name is not None:
-            mask |= 1 << self.layer_bit.setdefault(op.module_name, len(self.layer_bit))
+        # a layer op, or a function op its rule read as a layer (F.linear on a module's own weight)
+        layer = op.module_name if op.module_name is not None else \
+            next((self.producer[o.id] for o in op.outputs if o.id in self.producer), None)
+        if layer is not None:
+            mask |= 1 << self.layer_bit.setdefault(layer, len(self.layer_bit))
         for out in op.outputs:
             self.ancestors[out.id] = mask
 

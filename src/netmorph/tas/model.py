@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..graph import build_graph
-from ..graph.record import as_input_tuple, input_shapes
+from ..graph.record import as_input_tuple, input_shapes, unwrap
 from ..resize import apply_structure
 from ..structure import Structure
 from .flops import FlopsTable
@@ -38,6 +38,7 @@ class TAS(nn.Module):
     def __init__(self, model: nn.Module, example_inputs, target_flops: float, width_ratios=DEFAULT_RATIOS,
                  tolerance: float = 0.05, tau: float = 1.0, seed: int = 0):
         super().__init__()
+        model = unwrap(model)                     # torch.compile / DDP: the module they wrap
         check_scope(model)
         if not 0 <= tolerance < 1:
             raise ValueError(f"tolerance must be in [0, 1), got {tolerance!r}")

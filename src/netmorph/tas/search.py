@@ -52,7 +52,7 @@ def summarize(diagnostics: list[dict]) -> dict:
 
 def verdict(history: list[dict]) -> str | None:
     """One line when the search ended undecided (near uniform), with what to try; else None."""
-    if not history or "decided" not in history[-1]:
+    if not history or "decided" not in history[-1]:      # a search from before the diagnostics
         return None
     last = history[-1]
     if last["decided"] >= 0.8:

@@ -87,3 +87,18 @@ def test_a_conv_on_a_weight_computed_from_its_parameter_is_frozen():
     frozen = [g for g in graph.groups if g.frozen is not None]
     assert any("conv2d" in str(g.frozen) for g in frozen)
     assert all(g.frozen is not None for g in graph.groups if g.width in (12, 16))    # what b reads and makes
+
+
+def test_a_layer_read_through_its_functional_call_is_an_ancestor_like_any_layer():
+    # h = l(x); y = h + f2(relu(f1(h))): only f2 ends a residual branch; l feeds both operands
+    class Residual(nn.Module):
+        def __init__(self, linear):
+            super().__init__()
+            self.l, self.f1, self.f2 = linear(6, 8), nn.Linear(8, 16), nn.Linear(16, 8)
+
+        def forward(self, x):
+            h = self.l(x)
+            return h + self.f2(torch.relu(self.f1(h)))
+    x = torch.randn(2, 6)
+    assert build_graph(Residual(nn.Linear), x).summed == {"f2"}
+    assert build_graph(Residual(CastLinear), x).summed == {"f2"}

@@ -90,10 +90,39 @@ def test_rows_written_into_a_zeros_tensor_carry_their_channels_and_tie_the_level
     a = int(graph.group_of[graph.layers["a.0"].out[0]])
     assert a == int(graph.group_of[graph.layers["b.0"].out[0]])          # both levels fill the same channels
     assert graph.groups[a].frozen is None and "fc" in graph.groups[a].consumers
-    kill(model, netmorph.GammaFlopsRegularizer(model, x), 0.4)
-    _, small = check_exact(model, x)
-    assert small.a[0].out_channels == small.b[0].out_channels < 8
-    assert small.fc.in_features == 16 * small.a[0].out_channels
+    # ... but a dead channel of a level is its BatchNorm's constant beta, while unwritten rows stay 0:
+    # nothing proves the written tensor's channel constant, so the gammas do not regularize it
+    reg = netmorph.GammaFlopsRegularizer(model, x)
+    assert not reg.regularized[graph.groups[a].channels].any()
+    assert reg.graph.ungated["gamma"]
+    # a width set by hand still resizes every level and the reader together
+    narrow = netmorph.apply_structure(model, {"a.0": 5, "b.0": 5}, example_inputs=x)
+    assert narrow.a[0].out_channels == narrow.b[0].out_channels == 5 and narrow.fc.in_features == 5 * 16
+    assert narrow(x).shape == (4, 3)
+
+
+def test_a_partial_write_of_a_dead_channel_is_not_pruned_as_dead():
+    # conv -> BN with gamma 0, beta 1 -> relu writes the constant 1 into half the rows of a zeros tensor:
+    # that channel is 1 in some rows and 0 in others, so removing it would change the output
+    class Half(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+            self.head = nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            h = self.c(x)
+            out = torch.zeros(2 * h.shape[0], h.shape[1], *h.shape[2:])
+            out[:h.shape[0]] = h
+            return self.head(out)
+    torch.manual_seed(0)
+    model, x = Half().eval(), torch.randn(2, 3, 4, 4)
+    with torch.no_grad():
+        model.c[1].weight[0] = 0.0
+        model.c[1].bias[0] = 1.0
+    reg = netmorph.GammaFlopsRegularizer(model, x)
+    assert reg.alive().all()
+    check_exact(model, x)
 
 
 def test_a_write_along_the_channel_axis_is_frozen():
@@ -102,7 +131,7 @@ def test_a_write_along_the_channel_axis_is_frozen():
     assert graph.groups[int(graph.group_of[graph.layers["a.0"].out[0]])].frozen is not None
 
 
-def test_a_blank_tensor_with_a_hard_coded_channel_count_fails_loudly_when_pruned():
+def test_a_blank_tensor_with_a_hard_coded_channel_count_fails_loudly_when_resized():
     # torch.zeros(4, 8, ...) with 8 written in the code cannot narrow: the rebuilt copy says so
     class HardCoded(RowWrites):
         def forward(self, x):
@@ -113,7 +142,5 @@ def test_a_blank_tensor_with_a_hard_coded_channel_count_fails_loudly_when_pruned
             return self.fc(result.flatten(1))
     torch.manual_seed(0)
     model, x = HardCoded().eval(), torch.randn(2, 3, 4, 4)
-    reg = netmorph.GammaFlopsRegularizer(model, x)
-    kill(model, reg, 0.4)
     with pytest.raises(Exception, match="netmorph's rebuilt copy of your model failed"):
-        netmorph.prune(model, reg)
+        netmorph.apply_structure(model, {"a.0": 5, "b.0": 5}, example_inputs=x)

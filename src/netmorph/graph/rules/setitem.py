@@ -4,9 +4,10 @@ fills ``torch.zeros((boxes, C, h, w))`` level by level).
 Grouping rule, when ``index`` selects along axis 0 only (an int, a slice or an index tensor) and
 the channel axis of ``v`` is the matching axis of ``x``:
 - into a *blank* ``x`` (made by a factory op from sizes alone, such as ``torch.zeros``): channel i of
-  the result is channel i of ``v`` in the written rows and the factory's constant elsewhere, so the
-  result carries ``v``'s channels (a channel dead in ``v`` is 0 in every written row; the factory
-  must fill 0 for the unwritten rows to prove it dead, so only ``zeros`` / ``new_zeros`` gate);
+  the result is channel i of ``v`` in the written rows and the factory's value elsewhere, so the
+  result carries ``v``'s channels; but a channel dead in ``v`` is a constant (a BatchNorm's beta), not
+  necessarily the factory's value, so the result does not prove it dead (no gate): what reads the
+  result keeps its channels unless another path proves them dead;
 - into an ``x`` that carries channels already (an earlier write): channel i of ``x`` and of ``v``
   are tied, and the result carries them.
 Otherwise (writing along the channel axis, ``x[:, :3] = v``) the rule declines and what it touches
@@ -16,12 +17,13 @@ to run, and ``prune`` says that netmorph's copy failed. The recorder records the
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..record import Value
 
 NAMES = ("setitem",)
-_ZEROS = {"zeros", "new_zeros", "zeros_like"}
+_FACTORIES = {"zeros", "new_zeros", "zeros_like", "empty", "new_empty", "full", "new_full", "ones", "new_ones"}
 
 
 def _rows_only(index, ndim: int) -> bool:
@@ -45,9 +47,11 @@ def rule(b, op) -> bool:
     if cdim == 0 or cdim >= len(x.shape) or x.shape[cdim] != v.shape[sv.cdim]:
         return False
     out = op.outputs[0]
-    if x.id in b.blank:
-        gated = b.blank[x.id] in _ZEROS
-        b.set(out, type(sv)(cdim, sv.elems, sv.gate_bn & gated, sv.gate_w & gated, sv.source))
+    if b.blank.get(x.id) in _FACTORIES:
+        # a dead channel of v is a constant, not always 0 (a BatchNorm's beta): with rows left at the
+        # factory's value the result's channel is not one constant, so nothing here proves it dead
+        off = np.zeros(len(sv.elems), dtype=bool)
+        b.set(out, type(sv)(cdim, sv.elems, off, off.copy(), sv.source))
         b.memory([v, out])
         return True
     sx = b.get(x)
