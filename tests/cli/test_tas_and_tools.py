@@ -16,6 +16,19 @@ from .conftest import NEEDS_DIGITS, TAS_STRAIGHT, ctrl_c_at, run_cli, run_reload
 pytest.importorskip("sklearn", reason=NEEDS_DIGITS)
 
 
+@pytest.fixture
+def started(monkeypatch):
+    """The state_dict of the found network as its distillation starts (filled when the command runs)."""
+    seen = {}
+    real = tas_cmd.run_distill
+
+    def spy(student, *args, **kwargs):
+        seen.update({k: v.clone() for k, v in student.state_dict().items()})
+        return real(student, *args, **kwargs)
+    monkeypatch.setattr(tas_cmd, "run_distill", spy)
+    return seen
+
+
 def test_tas_command_distills_the_network_its_search_ends_on(tmp_path):
     # The search's FLOPs loss pulls the argmax architecture into the band target * (1 +- tolerance),
     # but the argmax jumps between widths and may end on either side of it (it does here): the command
@@ -45,7 +58,7 @@ def test_tas_command_distills_the_network_its_search_ends_on(tmp_path):
     assert searched == json.loads((out / "final" / "structure.json").read_text())["widths"] == m["structure"]["widths"]
 
 
-def test_tas_with_a_saved_teacher_and_keep_init(tmp_path, monkeypatch):
+def test_tas_with_a_saved_teacher_and_keep_init(tmp_path, started):
     data = load_data(None, seed=0)
     torch.manual_seed(1)
     teacher = load_model("tiny", 10, 1)
@@ -54,13 +67,6 @@ def test_tas_with_a_saved_teacher_and_keep_init(tmp_path, monkeypatch):
     torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
     teacher_acc = evaluate(teacher, *data.test)
     assert teacher_acc > 0.3                       # trained: not the accuracy of a fresh network (~10%)
-    started = {}
-
-    def spy(student, *args, **kwargs):             # the found network as distillation starts
-        started.update({k: v.clone() for k, v in student.state_dict().items()})
-        return real(student, *args, **kwargs)
-    real = tas_cmd.run_distill
-    monkeypatch.setattr(tas_cmd, "run_distill", spy)
     out = tmp_path / "tas"
     assert run_cli("tas", "--teacher", tmp_path / "teacher.pt", "--init", "keep", "--epochs", "1",
                    "--search-epochs", "1", "--batch-size", "128", "--out", out) == 0
@@ -82,7 +88,7 @@ def test_tas_with_a_saved_teacher_and_keep_init(tmp_path, monkeypatch):
                            teacher_state["features.0.0.weight"][:len(started["features.0.0.weight"])])
 
 
-def test_tas_teacher_init_starts_from_the_teachers_most_important_channels(tmp_path, monkeypatch):
+def test_tas_teacher_init_starts_from_the_teachers_most_important_channels(tmp_path, started):
     torch.manual_seed(1)
     teacher = load_model("tiny", 10, 1)
     with torch.no_grad():                          # distinct |gamma| so the kept channels are known
@@ -90,13 +96,6 @@ def test_tas_teacher_init_starts_from_the_teachers_most_important_channels(tmp_p
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.weight.copy_(torch.randperm(m.num_features).float() + 1)
     torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
-    started = {}
-
-    def spy(student, *args, **kwargs):
-        started.update({k: v.clone() for k, v in student.state_dict().items()})
-        return real(student, *args, **kwargs)
-    real = tas_cmd.run_distill
-    monkeypatch.setattr(tas_cmd, "run_distill", spy)
     out = tmp_path / "tas"
     assert run_cli("tas", "--teacher", tmp_path / "teacher.pt", "--epochs", "1", "--search-epochs", "1",
                    "--batch-size", "128", "--budget", "30%", "--out", out) == 0     # teacher is the default init

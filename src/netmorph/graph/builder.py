@@ -244,6 +244,14 @@ class Builder:
             self.ancestors[out.id] = mask
 
     # -- layers ------------------------------------------------------------------------------
+    def weight_owner(self, weight) -> tuple[str | None, nn.Module | None]:
+        """The module whose own ``weight`` parameter this is (its name and itself), else ``(None, None)``."""
+        name, _, attr = self.rec.param_owner.get(id(weight), "").rpartition(".")
+        module = self.rec.modules.get(name)
+        if attr != "weight" or module is None or getattr(module, "weight", None) is not weight:
+            return None, None
+        return name, module
+
     def layer(self, op: Op, kind: str, out_channels: int) -> LayerInfo:
         """The LayerInfo of a conv/linear op's module, created with its output elements on first call."""
         name = op.module_name

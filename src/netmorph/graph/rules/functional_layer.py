@@ -38,10 +38,8 @@ def rule(b, op) -> bool:
     weight = args.get("weight")
     if not isinstance(weight, nn.Parameter) or len(op.outputs) != 1:
         return False
-    owner = b.rec.param_owner.get(id(weight), "")
-    name, _, attr = owner.rpartition(".")
-    module = b.rec.modules.get(name)
-    if attr != "weight" or module is None or module.weight is not weight or args.get("bias") is not module.bias:
+    name, module = b.weight_owner(weight)
+    if module is None or args.get("bias") is not module.bias:
         return False
     if op.name == "linear":
         if not isinstance(module, nn.Linear):

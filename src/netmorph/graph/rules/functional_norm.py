@@ -36,10 +36,8 @@ def rule(b, op) -> bool:
     weight = args.get("weight")
     if not isinstance(weight, nn.Parameter) or len(op.outputs) != 1:
         return False
-    owner = b.rec.param_owner.get(id(weight), "")
-    name, _, attr = owner.rpartition(".")
-    module = b.rec.modules.get(name)
-    if attr != "weight" or module is None or module.weight is not weight:
+    name, module = b.weight_owner(weight)
+    if module is None:
         return False
     if args.get("bias") is not getattr(module, "bias", None):
         return False
