@@ -34,7 +34,7 @@ from netmorph.data import load_cifar10
 from netmorph.models import resnet20
 from netmorph.morph import save_atomic
 from netmorph.structure import Structure
-from netmorph.tas import TAS, kd_criterion, search
+from netmorph.tas import TAS, initial_student, kd_criterion, search
 from netmorph.train import Recipe
 
 from cifar_morphnet import CACHE, EXAMPLE, baseline_name, minutes_of, train_arm, trained_baseline
@@ -92,17 +92,14 @@ def search_result(seed: int) -> Structure:
 
 
 def student(structure: Structure, seed: int, init: str) -> torch.nn.Module:
-    """The structure as a network: ``fresh`` weights, the searched supernet's first channels
-    (``keep``), or the teacher's most important channels (``teacher``)."""
-    torch.manual_seed(seed)
-    if init == "fresh":
-        return netmorph.apply_structure(resnet20(), structure, init="fresh", keep="first", example_inputs=EXAMPLE)
+    """The structure as a network, started as ``netmorph.tas.initial_student`` says (``keep``: seed's
+    searched supernet, read back from its search checkpoint)."""
+    searched = None
     if init == "keep":
         tas = searched_tas(seed)
         tas.load_state_dict(torch.load(CACHE / f"tas_search_s{seed}.pt", weights_only=True)["tas"])
-        return netmorph.apply_structure(tas.model, structure, init="keep", keep="first", example_inputs=EXAMPLE)
-    return netmorph.apply_structure(trained_baseline(seed), structure, init="keep", keep="importance",
-                                    example_inputs=EXAMPLE)
+        searched = tas.model
+    return initial_student(init, structure, resnet20, trained_baseline(seed), searched, EXAMPLE, seed)
 
 
 def train_student(name: str, structure: Structure, seed: int, data, recipe: Recipe, init: str = INIT,

@@ -18,7 +18,7 @@ from .. import dist
 from ..costs import count_flops
 from ..morph import absolute, save_atomic
 from ..resize import apply_structure
-from ..tas import TAS, distill, search
+from ..tas import TAS, distill, initial_student, search
 from ..tas.search import verdict
 from ..train import Interrupted
 from . import common as C
@@ -98,7 +98,7 @@ def run(args) -> int:
             structure = tas.derive()
             structure.save(out / "searched_structure.json")
             searched = apply_structure(tas.model, structure, keep="first", example_inputs=example)
-            student = initial_student(args.init, structure, build, teacher, tas, example, recipe.seed)
+            student = initial_student(args.init, structure, build, teacher, tas.model, example, recipe.seed)
             kd_hist = run_distill(student, teacher, data, recipe, out, stop, progress)
         except Interrupted:
             C.say(f"interrupted: checkpoint saved in {out}; continue with: netmorph tas --resume --out {out}")
@@ -151,16 +151,6 @@ def run_search(args, data, recipe, teacher, target, out, stop, progress):
                      checkpoint=lambda s: save_atomic(s, ckpt), state=state, stop=stop)
     C.say(f"  found: {tas.flops():,.0f} FLOPs for a target of {target:,.0f}")
     return tas, history
-
-
-def initial_student(init: str, structure, build, teacher, tas, example, seed: int):
-    """The found network's starting weights (see ``--init``)."""
-    torch.manual_seed(seed)
-    if init == "teacher":
-        return apply_structure(teacher, structure, init="keep", keep="importance", example_inputs=example)
-    if init == "keep":
-        return apply_structure(tas.model, structure, init="keep", keep="first", example_inputs=example)
-    return apply_structure(build(), structure, init="fresh", keep="first", example_inputs=example)
 
 
 def search_lines(history: list[dict], full: float) -> list[str]:

@@ -8,9 +8,9 @@ train it with :func:`distill` from the unpruned network.
 from .cwi import cwi, mix_widths
 from .gumbel import gumbel_softmax, gumbel_top2
 from .kd import distill, kd_criterion, kd_loss
-from .model import TAS
+from .model import TAS, initial_student
 from .search import search
 from .space import depth_candidates, width_candidates
 
-__all__ = ["TAS", "search", "kd_loss", "kd_criterion", "distill", "cwi", "mix_widths", "gumbel_softmax", "gumbel_top2",
+__all__ = ["TAS", "initial_student", "search", "kd_loss", "kd_criterion", "distill", "cwi", "mix_widths", "gumbel_softmax", "gumbel_top2",
            "depth_candidates", "width_candidates"]

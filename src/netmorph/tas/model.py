@@ -30,6 +30,24 @@ from .gumbel import gumbel_softmax, gumbel_top2
 from .hooks import output_hook
 from .space import DEFAULT_RATIOS, check_scope, stages, width_spaces
 
+def initial_student(init: str, structure, build, teacher: nn.Module, searched: nn.Module | None, example_inputs,
+                    seed: int = 0) -> nn.Module:
+    """The found network's starting weights for distillation: ``"teacher"`` keeps the teacher's most
+    important channels (largest |gamma|) with their trained weights, ``"keep"`` the first channels of
+    ``searched`` (the searched supernet's model, ``tas.model``), ``"fresh"`` draws new weights the way
+    ``build()`` initializes itself. ``seed`` seeds torch's generator first (fresh draws)."""
+    torch.manual_seed(seed)
+    if init == "teacher":
+        return apply_structure(teacher, structure, init="keep", keep="importance", example_inputs=example_inputs)
+    if init == "keep":
+        if searched is None:
+            raise ValueError("init='keep' starts from the searched supernet: pass searched=tas.model")
+        return apply_structure(searched, structure, init="keep", keep="first", example_inputs=example_inputs)
+    if init != "fresh":
+        raise ValueError(f"init must be 'teacher', 'keep' or 'fresh', got {init!r}")
+    return apply_structure(build(), structure, init="fresh", keep="first", example_inputs=example_inputs)
+
+
 class TAS(nn.Module):
     """A BatchNorm conv network with a width distribution per changeable channel group and a depth
     distribution per stage of removable residual blocks, searched towards ``target_flops``
