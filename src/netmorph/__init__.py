@@ -3,6 +3,10 @@
 The central object is the channel graph (:func:`build_graph`): the groups of channels a model's
 topology ties together. Costs, regularizers, pruning, expansion and search all read it.
 """
+# The one place the version is written: pyproject.toml reads it (setuptools dynamic version), and
+# ``netmorph --version`` reports the installed distribution's, which is this one.
+__version__ = "0.1.0"
+
 from .costs import HARDWARE, RESOURCES, Hardware, count_flops, count_params
 from .expand import expand
 from .explain import explain
@@ -26,4 +30,3 @@ __all__ = [
     "TAS", "kd_loss", "distill", "GroupLassoFlopsRegularizer", "GroupLassoModelSizeRegularizer", "GroupLassoLatencyRegularizer",
     "DeviceProfile", "profile", "export_onnx", "export_program",
 ]
-__version__ = "0.1.0"

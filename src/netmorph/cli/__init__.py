@@ -12,7 +12,7 @@ from pathlib import Path
 from .. import dist
 from ..graph import GraphRecordError
 from . import morph_cmd, tas_cmd, tools_cmd
-from .common import UsageError, say, unlock_out
+from .common import UsageError, say, unlock_out, version
 
 
 class Parser(argparse.ArgumentParser):
@@ -28,6 +28,7 @@ class Parser(argparse.ArgumentParser):
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="netmorph", description="Learn the channel structure of a PyTorch network "
                                 "under a FLOPs, size or latency budget (MorphNet, TAS).")
+    p.add_argument("--version", action="version", version=f"netmorph {version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     morph_cmd.add_parser(sub)
     tas_cmd.add_parser(sub)

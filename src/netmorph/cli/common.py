@@ -28,6 +28,18 @@ class UsageError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
 
 
+def version() -> str:
+    """The installed distribution's version (``importlib.metadata``), else ``netmorph.__version__`` (a source
+    tree on ``PYTHONPATH``, never installed): what ``netmorph --version`` prints."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+    try:
+        return installed("netmorph")
+    except PackageNotFoundError:
+        from .. import __version__
+        return __version__
+
+
 def parse_resource(text: str) -> tuple[str, str | None]:
     """``flops``, ``size``, ``latency``, ``latency:HW`` (a roofline of :data:`~netmorph.costs.HARDWARE`),
     ``latency:cpu``, ``latency:cpu@BATCH``, ``latency:cuda`` (measured here) or ``latency:FILE.json``
