@@ -14,6 +14,7 @@ from .export import export_onnx, export_program
 from .graph import ChannelGraph, GraphRecordError, build_graph
 from . import models
 from .latency import DeviceProfile, profile
+from .learner import StructureLearner
 from .load import load
 from .regularizers import (GammaFlopsRegularizer, GammaLatencyRegularizer, GammaModelSizeRegularizer,
                            GroupLassoFlopsRegularizer, GroupLassoLatencyRegularizer,
@@ -28,5 +29,5 @@ __all__ = [
     "GraphRecordError", "build_graph", "models", "Structure", "prune", "PruneReport", "apply_structure", "expand", "load",
     "GammaFlopsRegularizer", "GammaModelSizeRegularizer", "GammaLatencyRegularizer",
     "TAS", "kd_loss", "distill", "GroupLassoFlopsRegularizer", "GroupLassoModelSizeRegularizer", "GroupLassoLatencyRegularizer",
-    "DeviceProfile", "profile", "export_onnx", "export_program",
+    "DeviceProfile", "profile", "export_onnx", "export_program", "StructureLearner",
 ]

@@ -22,13 +22,13 @@ import os
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
 from . import regularizers as R
 from .costs import check_resource, count_cost
 from .expand import expand
+from .learner import BAND, StructureLearner, first_strength, in_band, revive  # noqa: F401  (public here too)
 from .resize import apply_structure
 from .safeload import load_torch
 from .structure import Structure
@@ -143,45 +143,12 @@ def save_atomic(obj, path) -> None:
         raise err from exc
 
 
-#: the shrink target's band: the controller steers the alive cost into it and the pick reads from it
-BAND = (0.98, 1.02)
-
-
-def in_band(cost: float, target: float) -> bool:
-    return BAND[0] * target <= cost <= BAND[1] * target
-
-
 def initial_strength(reg, recipe: Recipe, n_train: int, target: float, approach: float) -> float:
     """A first strength (in units of 1 / cost) at which the proximal steps of the first ``approach``
     of training would pull an average channel's value down by ``1 - target/cost`` of itself."""
     steps = math.ceil(n_train / recipe.batch_size)
     lr_sum = sum(learning_rate(t, steps * recipe.epochs, recipe) for t in range(int(approach * steps * recipe.epochs)))
-    with torch.no_grad():
-        values = reg.channel_values().detach().cpu().double().numpy()[reg.regularized]
-    weights = reg.channel_weights(reg.alive())[reg.regularized]
-    if not len(values) or weights.mean() <= 0 or lr_sum <= 0:
-        return 1.0
-    cost = reg.cost()
-    return float(cost * values.mean() / (lr_sum * weights.mean()) * (1 - target / cost))
-
-
-def revive(reg, target: float, death: np.ndarray, last_value: np.ndarray) -> list[int]:
-    """Below the band, bring channels back until the alive cost is in it again: the channels that
-    died last first (latest epoch of death, then the largest value they had while alive), each at
-    ten times the threshold, skipping any whose return would overshoot the band. Returns them."""
-    dead = np.flatnonzero(reg.regularized & ~reg.alive() & (death >= 0))
-    order = dead[np.lexsort((-last_value[dead], -death[dead]))]
-    value = max(10 * reg.threshold, 1e-2)
-    back = []
-    for c in order.tolist():
-        if reg.cost() >= BAND[0] * target:
-            break
-        reg.revive_channels([c], value)
-        if reg.cost() > BAND[1] * target:
-            reg.zero_channels([c])
-        else:
-            back.append(c)
-    return back
+    return first_strength(reg, lr_sum, target)
 
 
 def regularize(model, train, val, example_inputs, target: float, recipe: Recipe, resource="flops",
@@ -191,119 +158,60 @@ def regularize(model, train, val, example_inputs, target: float, recipe: Recipe,
     """Train ``model`` with the regularizer, steering the alive cost into ``[0.98, 1.02] * target``;
     return the structure chosen on the validation split, its cost, and the history.
 
-    The controller: the learning rate is held at its peak after the warm-up (``schedule``; MorphNet's
-    advice: a decaying rate would take the proximal pull with it). Every ``steps_per_epoch // checks``
-    steps (at least every step) the strength is multiplied by ``step`` while no channel has died (trained weights resist the pull far
-    more than a fresh network, and a first guess can be 10x short), by ``step**(2/checks)`` (about
-    ``step**2`` an epoch) if the alive cost is behind a path falling from the start to the target over
-    the first ``approach`` of the steps, divided by that if ahead, and left alone on the path or
-    inside the band. The pull acts only while the alive cost is
-    above both the path and the band (checked before every step), and a step that would take it
-    more than 4% below the path or below the band is shortened, so the network cannot shrink much
-    faster than the path, nor below the band, whatever the strength. A channel dies when its value falls to the
-    threshold, and is silenced (its gamma and beta, or weights and bias, zeroed) at once, which keeps
-    pruning exact; behind a ReLU a silenced channel gets no gradient and cannot come back by
-    itself, so when an epoch ends below the band, :func:`revive` brings the last to die back. The
-    pick: the epoch in the band with the best validation accuracy, else the one closest to it.
+    The recipe's loop with a :class:`~netmorph.learner.StructureLearner` (the controller, the pull and
+    the pick are its own; see there) that checks the strength ``checks`` times an epoch and is evaluated
+    after every epoch on the validation accuracy. The learning rate is held at its peak after the
+    warm-up (``schedule``; MorphNet's advice: a decaying rate would take the proximal pull with it).
 
     ``checkpoint(state)`` receives everything needed to continue (after every epoch, and when
     ``stop()`` interrupts training, before :class:`~netmorph.train.Interrupted` propagates);
     passing that ``state`` back resumes, with the same result as an uninterrupted run.
     """
     recipe = dataclasses.replace(recipe, schedule=schedule)
-    reg = make_regularizer(model, example_inputs, resource, hardware, widths=True)
-    for name in reg.kept_whole.values():
-        log(f"keeping the channel group of '{name}' whole: it covers the group unevenly (say, one of a concat's "
-            f"inputs feeding some groups of a grouped conv), so no width could say which channels stay")
-    opt = make_optimizer(model, recipe, reg.source_parameters())
+    steps = math.ceil(len(train[0]) / recipe.batch_size)
+    learner = StructureLearner(model, example_inputs, target=target, resource=resource, hardware=hardware,
+                               total_steps=recipe.epochs * steps, approach=approach, factor=step, checks=checks,
+                               check_every=max(1, steps // checks), log=log)
+    opt = make_optimizer(model, recipe, learner.no_decay_parameters())
     gen = torch.Generator().manual_seed(recipe.seed)
     if state is None:
-        initial = reg.cost()
-        if strength is None:
-            strength = initial_strength(reg, recipe, len(train[0]), target, approach)
-        n = reg.graph.n_channels
-        state = {"epoch": 0, "initial": initial, "strength": strength, "strengths": [], "costs": [], "vals": [],
-                 "best": None, "position": None, "revived": [],
-                 "death": [-1] * n, "last_value": reg.channel_values().detach().cpu().double().tolist()}
+        learner.state["strength"] = strength if strength is not None else \
+            initial_strength(learner.reg, recipe, len(train[0]), target, approach)
+        state = {"epoch": 0, "position": None}
     else:
         load_training_state(state, model, opt, gen)
-        reg = make_regularizer(model, example_inputs, resource, hardware, widths=True)
-    initial = state["initial"]
+        learner.load_state_dict(state["learner"])
 
     def save(position=None):
         if checkpoint is not None:
-            checkpoint({**state, **training_state(model, opt, gen), "position": position})
-
-    steps = math.ceil(len(train[0]) / recipe.batch_size)
-    approach_steps = max(1.0, approach * recipe.epochs * steps)
-
-    def path(step: float) -> float:
-        """The cost the network may have shrunk to by ``step``: a line from the start to the target."""
-        return max(target, initial - (initial - target) * step / approach_steps)
-
-    check = max(1, steps // checks)
-
-    def steer(s: int) -> float:
-        """The strength at step ``s``, adjusted every ``check`` steps by where the alive cost is against
-        the path (a function of the weights and the step only, so a resumed run steers the same)."""
-        if s % check == 0 and s > 0:
-            cost, on_path = reg.cost(), path(s)
-            if cost >= initial:                                # nothing has died yet: far too weak
-                state["strength"] *= step
-            elif cost > 1.01 * max(on_path, BAND[1] * target):   # behind the path
-                state["strength"] *= step ** (2 / checks)
-            elif cost < 0.99 * min(on_path, BAND[0] * target) or (cost < 0.99 * on_path and on_path > target):
-                state["strength"] /= step ** (2 / checks)      # ahead of it: the brake had to hold it back
-        return state["strength"] / initial
+            checkpoint({**state, **training_state(model, opt, gen), "learner": learner.state_dict(),
+                        "position": position})
 
     stepper = dist.wrap(model)
     for epoch in range(state["epoch"], recipe.epochs):
-        if state["position"] is None:                # a fresh epoch: its starting strength is the record
-            state["epoch_strength"] = state["strength"]
-        strength = state.get("epoch_strength", state["strength"])
         try:
-            train_epoch(stepper, opt, *train, recipe, epoch, gen, reg, steer, on_batch,
-                        position=state["position"], stop=stop,
-                        pull_above=lambda s: (max(BAND[1] * target, path(s + 1)),
-                                              max(BAND[0] * target, 0.96 * path(s + 1))))
+            train_epoch(stepper, opt, *train, recipe, epoch, gen, on_batch=on_batch, position=state["position"],
+                        stop=stop, after_step=lambda s, lr: learner.step(lr))
         except Interrupted as exc:
             save(exc.position)
             raise
         state["position"] = None
-        death, last_value = np.asarray(state["death"]), np.asarray(state["last_value"])
-        alive = reg.alive()
-        values = reg.channel_values().detach().cpu().double().numpy()
-        death[alive] = -1
-        death[~alive & reg.regularized & (death < 0)] = epoch
-        last_value[alive] = values[alive]
-        back = revive(reg, target, death, last_value) if reg.cost() < BAND[0] * target else []
-        death[back] = -1
-        state["death"], state["last_value"] = death.tolist(), last_value.tolist()
-        state["revived"].append(len(back))
-        cost, val_acc = reg.cost(), dist.mean(accuracy(model, *val))
-        state["strengths"].append(strength)
-        state["costs"].append(cost)
-        state["vals"].append(val_acc)
-        # the pick: among epochs in the band, the best validation accuracy; else the closest to the band
-        key = (1, val_acc, -abs(cost - target)) if in_band(cost, target) else (0, -abs(cost - target), 0)
-        if state["best"] is None or tuple(key) > tuple(state["best"]["key"]):
-            state["best"] = {"key": key, "cost": cost, "epoch": epoch + 1, "structure": reg.structure().to_dict(),
-                             "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-        on_path = path((epoch + 1) * steps)
-        log(f"epoch {epoch + 1}/{recipe.epochs}: alive {resource} {cost:,.0f} ({cost / initial:.0%}), target path "
-            f"{on_path:,.0f}, strength {strength:.3g}/cost, val acc {val_acc:.4f}"
-            + (f", {len(back)} channels revived" if back else ""))
+        row = learner.evaluate(lambda: dist.mean(accuracy(model, *val)))
+        log(f"epoch {epoch + 1}/{recipe.epochs}: alive {resource} {row['cost']:,.0f} "
+            f"({row['cost'] / learner.state['initial']:.0%}), target path {learner.path((epoch + 1) * steps):,.0f}, "
+            f"strength {row['strength']:.3g}/cost, val acc {row['metric']:.4f}"
+            + (f", {row['revived']} channels revived" if row["revived"] else ""))
         state["epoch"] = epoch + 1
         save()
-    best = state["best"]
-    cost, structure = best["cost"], Structure.from_dict(best["structure"])
-    reached = best["key"][0] == 1
-    if not reached:
+    cost, structure = learner.learned_cost, learner.learned
+    if not learner.reached_target:
         log(f"the regularizer did not bring the alive {resource} into the band {BAND[0]:.0%}-{BAND[1]:.0%} of the "
-            f"shrink target {target:,.0f} (closest {cost:,.0f}, {cost / initial:.0%} of the start); using the "
-            "structure closest to it. Train for more epochs or shrink less.")
-    info = Round(state["strengths"], state["costs"], state["vals"], structure, cost, structure, reached)
-    info.state, info.epoch = best["model"], best["epoch"]
+            f"shrink target {target:,.0f} (closest {cost:,.0f}, {cost / learner.state['initial']:.0%} of the start); "
+            "using the structure closest to it. Train for more epochs or shrink less.")
+    hist = learner.history
+    info = Round([r["strength"] for r in hist], [r["cost"] for r in hist], [r["metric"] for r in hist],
+                 structure, cost, structure, learner.reached_target)
+    info.state, info.epoch = learner.best_weights, learner.state["best"]["evaluation"]
     return structure, cost, info
 
 

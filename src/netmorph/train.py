@@ -3,8 +3,8 @@
 The recipe (used by benchmarks and, later, the command line): SGD with Nesterov momentum, weight
 decay (not on the gammas a regularizer reads), a one-cycle schedule (linear warm-up to the peak
 learning rate over ``warmup`` of the steps, then cosine down to zero), random crop with padding and
-horizontal flips. A regularizer, if given, is applied with its proximal step after every optimizer
-step at that step's learning rate.
+horizontal flips. A regularizer, if given to :func:`fit` with a fixed strength, is applied with its
+proximal step after every optimizer step at that step's learning rate.
 """
 from __future__ import annotations
 
@@ -114,18 +114,13 @@ def cross_entropy(outputs, inputs, targets):
 
 
 def train_epoch(model, opt, x, y, recipe: Recipe, epoch: int, generator: torch.Generator,
-                reg=None, strength: float = 0.0, on_batch: Callable | None = None, criterion=cross_entropy,
-                position: dict | None = None, stop: Callable[[], bool] | None = None,
-                pull_above=None) -> float:
+                on_batch: Callable | None = None, criterion=cross_entropy, position: dict | None = None,
+                stop: Callable[[], bool] | None = None, after_step: Callable[[int, float], object] | None = None) -> float:
     """One epoch of the recipe; returns the mean training loss.
 
-    With ``reg`` and ``strength`` (a number, or a function of the step number counted from the start
-    of training, called once per step after the optimizer's step), every step ends with
-    ``reg.proximal_step``; with ``pull_above`` (a
-    pair of costs ``(above, floor)``, or a function of the step number counted from the start of
-    training that returns one), only while ``reg.cost()`` is above ``above``, and a step that would
-    take it below ``floor`` is shortened (a brake that depends only on the weights and the step,
-    hence exact on resume).
+    ``after_step(step, lr)`` is called after every optimizer step, with the step number counted from
+    the start of training and that step's learning rate (a regularizer's proximal step, a
+    :class:`~netmorph.learner.StructureLearner`'s ``step``).
 
     ``position`` (from an :class:`Interrupted`) continues an epoch stopped half-way: the same
     batch order, the generator state and the losses so far, so the result equals an uninterrupted
@@ -160,11 +155,8 @@ def train_epoch(model, opt, x, y, recipe: Recipe, epoch: int, generator: torch.G
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if reg is not None and strength:
-            k = strength(step) if callable(strength) else strength
-            above, floor = (pull_above(step) if callable(pull_above) else pull_above) or (None, None)
-            if k and (above is None or reg.cost() > above):
-                reg.proximal_step(lr, k, floor=floor)
+        if after_step is not None:
+            after_step(step, lr)
         losses.append(dist.mean(loss.item()))
         if on_batch is not None:
             on_batch(i, steps_per_epoch, losses[-1])
@@ -189,11 +181,12 @@ def fit(model, train, val, recipe: Recipe, reg=None, strength: float = 0.0, log=
     opt = opt or make_optimizer(model, recipe, reg.source_parameters() if reg is not None else ())
     history = list(history or [])
     stepper = dist.wrap(model)
+    pull = (lambda step, lr: reg.proximal_step(lr, strength)) if reg is not None and strength else None
     for epoch in range(start_epoch, recipe.epochs):
         t = time.time()
         try:
-            loss = train_epoch(stepper, opt, *train, recipe, epoch, generator, reg, strength, on_batch, criterion,
-                               position, stop)
+            loss = train_epoch(stepper, opt, *train, recipe, epoch, generator, on_batch, criterion, position, stop,
+                               after_step=pull)
         except Interrupted as exc:
             if checkpoint is not None:
                 checkpoint(epoch, opt, generator, history, exc.position)
