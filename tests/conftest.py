@@ -8,10 +8,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 
 def reference_flops(model: nn.Module, *inputs: torch.Tensor) -> int:
-    """FLOPs counted by PyTorch itself (gradients enabled, so fused attention shows its matmuls)."""
+    """FLOPs counted by PyTorch itself (gradients enabled, so fused attention shows its matmuls; its CPU
+    attention kernel, which torch's counter has no formula for, counted as its other attention kernels)."""
+    from netmorph.graph.record import FLOP_FORMULAS
     was = model.training
     model.eval()
-    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+    with torch.enable_grad(), FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as counter:
         model(*inputs)
     model.train(was)
     return counter.get_total_flops()

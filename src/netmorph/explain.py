@@ -6,6 +6,7 @@ from torch import nn
 
 from .costs import count_params, piece_products
 from .graph import ChannelGraph, build_graph
+from .graph.builder import UNIT_SPACE
 from .graph.record import unwrap
 
 
@@ -19,6 +20,13 @@ def _source(graph: ChannelGraph, group) -> str:
             note += "; its gammas have requires_grad=False (frozen by you), so no regularizer pulls on them: they stay"
         return f"BatchNorm gamma of {', '.join(group.batchnorms)}{note}"
     layers = [n for n in group.producers if n in graph.layers]
+    if len(graph.heads) and graph.heads[ch].any():
+        readers = [n for n in group.consumers if n not in group.producers]
+        gated = [k for k in ch.tolist() if k in graph.ungated["weight"]]
+        note = "" if not gated else f"; not provable: {graph.ungated['weight'][gated[0]]}"
+        return (f"attention heads: weight norms of the columns of {', '.join(readers) or 'no layer'} that read them "
+                f"(use a GroupLasso regularizer; the query, key and value rows of {', '.join(layers)} prove nothing: "
+                f"a head is dead when its output columns are zero){note}")
     if layers:
         return f"weight norms of {', '.join(layers)} (no BatchNorm: use a GroupLasso regularizer)"
     return "none (always alive)"
@@ -43,6 +51,8 @@ def explain(model: nn.Module, example_inputs, exclude=()) -> str:
     lines.append("Groups")
     uneven = graph.uneven()
     for g in graph.groups:
+        if g.producers == [UNIT_SPACE]:
+            continue                                  # the always-alive side of per-head cost terms
         status = "changeable" if g.frozen is None else f"FROZEN: {g.frozen}"
         if g.frozen is None and g.id in uneven:
             status = (f"changeable channel by channel only (netmorph.prune): '{uneven[g.id]}' covers it unevenly, "
@@ -72,7 +82,7 @@ def explain(model: nn.Module, example_inputs, exclude=()) -> str:
         lines.append("  " + "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
     frozen_by: dict[str, list] = {}
     for g in graph.groups:
-        if g.frozen:
+        if g.frozen and g.producers != [UNIT_SPACE]:
             frozen_by.setdefault(g.frozen, []).append(g)
     if frozen_by:
         lines += ["", "Why channels are frozen (each reason, then the tensors it froze: group, width, what made it)"]

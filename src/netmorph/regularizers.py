@@ -31,6 +31,7 @@ from torch import nn
 
 from .costs import Hardware, check_resource, evaluate, get_hardware, op_bytes, op_flops, piece_counts
 from .graph import build_graph
+from .graph.channel_graph import reads_columns
 from .graph.record import input_shapes, is_conv1d, unwrap
 from .structure import Structure
 
@@ -138,11 +139,9 @@ class _Regularizer:
         if (mask & ~self.regularized).any():
             raise ValueError("zero_channels: some of these channels carry no regularizer (frozen or "
                              "ungated) and cannot be made dead by their sources")
-        for m, cls in self._sources:
-            rows = torch.as_tensor(mask[cls], device=m.weight.device)
-            self._zero_rows(m, rows)
-            if getattr(m, "bias", None) is not None:
-                m.bias[rows] = 0
+        for src in self._sources:
+            m, cls = src
+            self._zero(src, torch.as_tensor(mask[cls], device=m.weight.device))
 
     @torch.no_grad()
     def revive_channels(self, channels, value: float) -> None:
@@ -151,14 +150,15 @@ class _Regularizer:
         0, so the task gradient reaches them again and training decides whether they grow."""
         mask = np.zeros(self.graph.n_channels, dtype=bool)
         mask[channels] = True
-        for m, cls in self._sources:
+        for src in self._sources:
+            m, cls = src
             rows = torch.as_tensor(mask[cls], device=m.weight.device)
             if rows.any():
-                self._set_rows(m, rows, value)
+                self._set(src, rows, value)
 
     def source_parameters(self) -> list[nn.Parameter]:
         """The parameters this regularizer reads (exclude them from weight decay)."""
-        return [m.weight for m, _ in self._sources]
+        return list({id(m.weight): m.weight for m, _ in self._sources}.values())
 
     # -- gradient weights --------------------------------------------------------------------
     def _weights(self, values: torch.Tensor) -> torch.Tensor:
@@ -281,12 +281,15 @@ class _Gamma(_Regularizer):
         return [m.weight.abs() for m, _ in self._sources]
 
     @staticmethod
-    def _zero_rows(m, rows):
+    def _zero(src, rows):
+        m, _ = src
         m.weight[rows] = 0
+        if getattr(m, "bias", None) is not None:
+            m.bias[rows] = 0
 
     @staticmethod
-    def _set_rows(m, rows, value):
-        m.weight[rows] = value
+    def _set(src, rows, value):
+        src[0].weight[rows] = value
 
     def _no_source_message(self):
         return (f"{type(self).__name__} needs BatchNorm layers with affine weights, and "
@@ -343,13 +346,26 @@ class _GroupLasso(_Regularizer):
         super().__init__(model, example_inputs, threshold=threshold, exclude=exclude, **kw)
 
     def _find_sources(self):
-        return [(layer.module, layer.out) for layer in self.graph.layers.values()
-                if getattr(layer.module, "weight", None) is not None]
+        """Every layer's output rows, except those of attention heads (their query, key and value rows
+        prove nothing); for heads, the columns of the linear layers reading them."""
+        g, found = self.graph, []
+        heads = g.heads if len(g.heads) == g.n_channels else np.zeros(g.n_channels, dtype=bool)
+        for layer in g.layers.values():
+            m = layer.module
+            if getattr(m, "weight", None) is None:
+                continue
+            rows = np.flatnonzero(~heads[layer.out])
+            if len(rows):
+                found.append(_Block(m, layer.out[rows], "rows", rows))
+            cols = np.flatnonzero(heads[layer.inputs]) if reads_columns(m) else []
+            if len(cols):
+                found.append(_Block(m, layer.inputs[cols], "columns", cols))
+        return found
 
     def _source_values(self):
         vals = []
-        for m, _ in self._sources:
-            w = out_rows(m)
+        for src in self._sources:
+            w = src.matrix()
             n = w.shape[1]
             rms = torch.linalg.vector_norm(w, dim=1) / n ** 0.5
             vals.append((1 - self.l1_fraction) * rms + self.l1_fraction * w.abs().mean(1)
@@ -357,17 +373,20 @@ class _GroupLasso(_Regularizer):
         return vals
 
     @staticmethod
-    def _zero_rows(m, rows):
-        w = out_rows(m).detach().clone()
+    def _zero(src, rows):
+        w = src.matrix().detach().clone()
         w[rows] = 0
-        set_out_rows(m, w)
+        src.write(w)
+        m = src.module
+        if src.kind == "rows" and getattr(m, "bias", None) is not None:
+            m.bias[torch.as_tensor(src.index, device=rows.device)[rows]] = 0
 
     @staticmethod
-    def _set_rows(m, rows, value):
-        w = out_rows(m).detach().clone()
+    def _set(src, rows, value):
+        w = src.matrix().detach().clone()
         fresh = torch.randn(int(rows.sum()), w.shape[1], dtype=w.dtype, device=w.device)
         w[rows] = fresh * (value * w.shape[1] ** 0.5 / torch.linalg.vector_norm(fresh, dim=1, keepdim=True))
-        set_out_rows(m, w)
+        src.write(w)
 
     def _no_source_message(self):
         return f"{type(self.model).__name__} has no convolution or linear layer the channel graph could use"
@@ -377,15 +396,62 @@ class _GroupLasso(_Regularizer):
         """Block soft-threshold of each member's weight row (tied members are shrunk one by one,
         the proximal operator of the sum over members, a slight over-pull compared to the max)."""
         t_channel = torch.as_tensor(t_channel)
-        for m, cls in self._sources:
-            w = out_rows(m).detach().clone()
+        for src in self._sources:
+            w = src.matrix().detach().clone()
             n = w.shape[1]
-            t = t_channel[torch.as_tensor(cls)].to(w)[:, None]
+            t = t_channel[torch.as_tensor(src.cls)].to(w)[:, None]
             if self.l1_fraction:
                 w.copy_(w.sign() * (w.abs() - t * self.l1_fraction / n).clamp_min(0))
             norm = torch.linalg.vector_norm(w, dim=1, keepdim=True)
             scale = (1 - t * (1 - self.l1_fraction) / (n ** 0.5 * norm.clamp_min(1e-30))).clamp_min(0)
-            set_out_rows(m, w * scale)
+            src.write(w * scale)
+
+
+class _Block(tuple):
+    """A group-lasso source: ``(module, class ids)`` -- unpacked like a Gamma source -- for either the
+    output rows ``index`` of the layer (``kind="rows"``) or its input columns ``index``
+    (``kind="columns"``: an attention head read by an output projection)."""
+
+    def __new__(cls, module: nn.Module, classes: np.ndarray, kind: str, index: np.ndarray):
+        self = super().__new__(cls, (module, classes))
+        self.kind, self.index = kind, index
+        return self
+
+    @property
+    def module(self) -> nn.Module:
+        return self[0]
+
+    @property
+    def cls(self) -> np.ndarray:
+        return self[1]
+
+    def matrix(self, w: torch.Tensor | None = None) -> torch.Tensor:
+        """One row per member: its output row, or its input column (over every output), of the
+        layer's weight (or of ``w``, a tensor laid out like it: an optimizer's state)."""
+        w = out_rows(self.module) if w is None else _rows_of(self.module, w)
+        index = torch.as_tensor(self.index, device=w.device)
+        return w[index] if self.kind == "rows" else w.t()[index]
+
+    @torch.no_grad()
+    def write(self, rows: torch.Tensor) -> None:
+        """Write :meth:`matrix` back into the layer's weight."""
+        w = out_rows(self.module).detach().clone()
+        index = torch.as_tensor(self.index, device=w.device)
+        if self.kind == "rows":
+            w[index] = rows.to(w)
+        else:
+            w[:, index] = rows.to(w).t()
+        set_out_rows(self.module, w)
+
+
+def _rows_of(m: nn.Module, w: torch.Tensor) -> torch.Tensor:
+    """``w`` (laid out like ``m.weight``) as ``[out_channels, fan]``, as :func:`out_rows` lays the weight."""
+    weight = m.weight
+    try:
+        m.weight = w
+        return out_rows(m)
+    finally:
+        m.weight = weight
 
 
 def out_rows(m: nn.Module) -> torch.Tensor:

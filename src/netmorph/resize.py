@@ -242,11 +242,25 @@ def resize(model: nn.Module, graph: ChannelGraph, orders: dict[int, list], examp
             if n != len(cls):
                 _put(new, name, _fresh_norm(module, n) if n else RemovedNorm(module))
                 rebuilt.add(name)
+        _set_attributes(new, graph, new_width, orders)
     if init_new is not None and rebuilt:
         init_new(new, rebuilt)
     new_graph = _record_copy(new, example)
     _copy_weights(model, graph, new, new_graph, orders, silent_new)
     return new
+
+
+def _set_attributes(new: nn.Module, graph: ChannelGraph, new_width, orders) -> None:
+    """Set the int attributes the graph tied to channel lists (an attention module's ``num_heads``,
+    ``attn_dim``: :data:`netmorph.graph.rules.reshape.HEAD_ATTRS`) to those lists' new lengths."""
+    values: dict[tuple[str, str], int] = {}
+    for module, attr, cls in graph.attrs:
+        value = _width(graph, cls, new_width, orders)
+        if values.setdefault((module, attr), value) != value:
+            raise ValueError(f"'{module}.{attr}' counts two sets of heads that would get different sizes "
+                             f"({values[(module, attr)]} and {value}); keep their widths equal")
+    for (module, attr), value in values.items():
+        setattr(new.get_submodule(module) if module else new, attr, value)
 
 
 def _record_copy(new: nn.Module, example) -> ChannelGraph:

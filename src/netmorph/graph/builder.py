@@ -20,6 +20,9 @@ from torch import nn
 
 from .record import Op, Recording, Value
 
+#: The element space of :meth:`Builder.unit` (not a layer, not a tensor: never shown as a group).
+UNIT_SPACE = "(per-head products)"
+
 
 @dataclasses.dataclass
 class Slots:
@@ -102,6 +105,11 @@ class Builder:
         self.layer_bit: dict[str, int] = {}
         self.op_index = 0
         self.op_names: list[str] = []
+        self.heads: list[np.ndarray] = []             # elements of attention heads (aliveness read by their readers)
+        self.head_set: set[int] = set()
+        self.attrs: list[tuple[str, str, np.ndarray]] = []   # (module, int attribute, slots it counts)
+        self.repeated: set[int] = set()               # values made by expand along a new axis (repeat_kv)
+        self._unit: np.ndarray | None = None
 
     # -- elements ----------------------------------------------------------------------------
     def new_elements(self, n: int, space: str, frozen: str | None = None) -> np.ndarray:
@@ -158,6 +166,13 @@ class Builder:
         slots = Slots(axis, elems, off, off.copy())
         self.slots[value.id] = slots
         return slots
+
+    def unit(self) -> np.ndarray:
+        """One frozen element that is always alive: the other side of a FLOPs piece linear in one set of
+        channels (an attention product costs the same per head)."""
+        if self._unit is None:
+            self._unit = self.new_elements(1, UNIT_SPACE, "counts per-head products (not a channel)")
+        return self._unit
 
     # -- values ------------------------------------------------------------------------------
     def get(self, obj) -> Slots | None:

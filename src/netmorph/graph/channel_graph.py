@@ -16,7 +16,7 @@ import numpy as np
 from torch import nn
 
 from .builder import Builder
-from .record import Recording, as_input_tuple, record
+from .record import Recording, as_input_tuple, is_conv1d, record
 from .rules import apply
 
 
@@ -100,6 +100,12 @@ class ChannelGraph:
     recording: Recording
     example_inputs: tuple = ()
     capped: set[int] = dataclasses.field(default_factory=set)   # groups read through x[:, :n]: may shrink, not grow
+    #: per channel: an attention head, whose aliveness is read from the columns of the (linear) layers
+    #: reading it, never from the query / key / value rows that make it
+    heads: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=bool))
+    #: (module, int attribute, channel list): the attribute is the new length of that list after a
+    #: width change (an attention module's ``num_heads``, ``attn_dim``)
+    attrs: list = dataclasses.field(default_factory=list)
 
     @property
     def n_ops(self) -> int:
@@ -215,6 +221,13 @@ class ChannelGraph:
         return True
 
 
+def reads_columns(module) -> bool:
+    """Whether a layer's weight has one column per input feature that a regularizer can read and zero:
+    ``nn.Linear`` (and subclasses) and Hugging Face's ``Conv1D``."""
+    return (isinstance(module, nn.Linear) or is_conv1d(module)) and getattr(module, "weight", None) is not None \
+        and module.weight.dim() == 2
+
+
 def build_graph(model: nn.Module, example_inputs, exclude=()) -> ChannelGraph:
     """Record ``model`` on ``example_inputs`` and return its channel graph.
 
@@ -262,13 +275,21 @@ def _finalize(b: Builder) -> ChannelGraph:
         if frozen[cls[e]] is None:
             frozen[cls[e]] = reason
 
+    heads = np.zeros(n, dtype=bool)
+    for e in b.heads:
+        heads[cls[e]] = True
     ungated: dict[str, dict[int, str]] = {"gamma": {}, "weight": {}}
     for layer, s in b.consumed:
         c = cls[s.elems]
         for family, gate in (("gamma", s.gate_bn), ("weight", s.gate_w)):
-            for k in np.unique(c[~gate]).tolist():
+            # a head's weight-family source is the columns of the layers reading it, not a gate
+            for k in np.unique(c[~gate & ~heads[c]] if family == "weight" else c[~gate]).tolist():
                 what = "a BatchNorm" if family == "gamma" else "a layer whose weights could zero it"
                 ungated[family].setdefault(k, f"reaches '{layer}' without passing {what}")
+        if heads[c].any() and not reads_columns(b.layers[layer].module):
+            for k in np.unique(c[heads[c]]).tolist():
+                ungated["weight"].setdefault(k, f"an attention head read by '{layer}', whose weights cannot show it "
+                                                "is dead (only the columns of a linear output projection can)")
 
     # groups: connect the spaces (producers) whose channels share a class
     spaces = sorted(set(b.elem_space), key=b.elem_space.index)
@@ -352,5 +373,6 @@ def _finalize(b: Builder) -> ChannelGraph:
         const_elements=np.bincount(np.array(list(b.const_elements), dtype=np.int64),
                                    weights=np.array(list(b.const_elements.values())), minlength=n_ops)
         if b.const_elements else np.zeros(n_ops),
-        const_size=b.const_size, op_names=b.op_names, recording=b.rec,
+        const_size=b.const_size, op_names=b.op_names, recording=b.rec, heads=heads,
+        attrs=[(module, attr, cls[e]) for module, attr, e in b.attrs],
         capped={int(g) for e in b.capped for g in np.unique(group_of[cls[e]])})

@@ -10,7 +10,8 @@ How: forward hooks on every submodule plus a ``TorchFunctionMode``. Modules with
 everything they call inside is hidden; every other torch function called outside such a layer
 (``F.relu``, ``x + y``, ``torch.cat``, ``x.view``...) is recorded as a function op. A
 ``FlopCounterMode`` runs underneath, so every op also carries the FLOPs torch itself counted for it
-(used as the constant cost of ops the channel graph does not understand).
+(used as the constant cost of ops the channel graph does not understand), with
+:data:`FLOP_FORMULAS` for the attention kernel torch's counter leaves out on CPU.
 
 The model runs in eval mode with gradients enabled (under ``no_grad`` fused attention kernels hide
 their matrix products), and leaves no trace: train/eval flags, buffers (BN statistics) and the RNG
@@ -21,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
@@ -32,6 +34,21 @@ from .removed import ConstantOutput, Vanished
 LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
                nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d,
                nn.InstanceNorm3d, nn.GroupNorm, Vanished, ConstantOutput)
+
+
+def attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of attention's two products, ``2 * B * heads * L * S * (E + Ev)`` (causality not counted,
+    as torch counts its other attention kernels). Torch's counter has no formula for the CPU kernel
+    (``_scaled_dot_product_flash_attention_for_cpu``) and would count it as free; grouped-query heads
+    are counted per query head."""
+    *batch, heads, length, dim = query_shape
+    source, value_dim = key_shape[-2], value_shape[-1]
+    return int(2 * int(np.prod(batch)) * heads * length * source * (dim + value_dim))
+
+
+#: Formulas for ops ``torch.utils.flop_counter`` does not count (added to its own).
+FLOP_FORMULAS = {op: attention_flops for op in
+                 (getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None),) if op is not None}
 
 
 class GraphRecordError(RuntimeError):
@@ -252,7 +269,7 @@ def record(model: nn.Module, example_inputs: Any) -> Recording:
     inputs = as_input_tuple(example_inputs)
     modes = {m: m.training for m in model.modules()}
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    flops = FlopCounterMode(display=False)
+    flops = FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS)
     rec = _Recorder(model, flops)
     handles = []
     for m in model.modules():

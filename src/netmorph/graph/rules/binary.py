@@ -2,8 +2,9 @@
 
 Grouping rule: operands whose channel axis lands on the same output axis with the full width are
 tied channel by channel (residual adds, squeeze-and-excitation scales ``x * s`` with
-``s: [B, C, 1, 1]``); an operand of width 1 on that axis broadcasts and ties nothing. Constants
-(numbers, untracked tensors) are fine when they do not vary along the channel axis; a per-channel
+``s: [B, C, 1, 1]``); an operand of width 1 on that axis broadcasts and ties nothing. An operand
+whose channels are all frozen (RoPE's ``cos`` made from positions) is read along that axis too.
+Constants (numbers, untracked tensors) are fine when they do not vary along the channel axis; a per-channel
 constant or parameter (``x * self.scale``) would have to be sliced, so the rule declines. Division
 by a tracked tensor declines too (a dead divisor is a zero).
 
@@ -27,12 +28,19 @@ def rule(b, op) -> bool:
     if nd == 0:
         return False
     operands = [a for a in op.inputs[:2]] + [op.kwargs[k] for k in ("other",) if k in op.kwargs]
+    slots = {i: b.get(a) for i, a in enumerate(operands) if isinstance(a, Value)}
+    if any(s is None for s in slots.values()):
+        return False
+    lead = next((i for i, s in slots.items() if not b.all_frozen(s)), None)
+    for i, s in slots.items():                   # RoPE's cos [1, 1, N, D] times heads [B, H, N, D]
+        off = nd - len(operands[i].shape)
+        want = slots[lead].cdim + nd - len(operands[lead].shape) - off if lead is not None else s.cdim
+        if want != s.cdim and 0 <= want and b.all_frozen(s):
+            slots[i] = b.along(operands[i], want)
     axis, full, broadcast = None, [], []
     for i, a in enumerate(operands):
         if isinstance(a, Value):
-            s = b.get(a)
-            if s is None:
-                return False
+            s = slots[i]
             ax = s.cdim + nd - len(a.shape)
             if axis is not None and ax != axis:
                 return False

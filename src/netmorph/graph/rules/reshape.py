@@ -1,11 +1,25 @@
-"""``flatten``, ``view``/``reshape`` that merge dims, ``squeeze`` and ``unsqueeze``.
+"""``flatten``, ``view``/``reshape`` that merge or split dims, ``squeeze`` and ``unsqueeze``.
 
-Grouping rule: no tying. When the channel axis is merged with neighbouring axes (a conv map
+Grouping rule for merges: no tying. When the channel axis is merged with neighbouring axes (a conv map
 flattened into a linear layer's features), the merged axis carries each channel's element once per
 position it covers, in memory order, so a linear layer downstream sees exactly which of its inputs
 belong to which channel. ``view``/``reshape`` must leave the merged size to PyTorch (``-1``, as in
 ``x.view(x.size(0), -1)``): a hard-coded size (``view(-1, 4096)``) would break once channels are
-removed, so the rule declines and the channels are frozen. Any other reshape also declines.
+removed, so the rule declines and the channels are frozen. Two exceptions: the size is an attribute
+of the module calling it that netmorph updates (``attn_dim``, ``all_head_size``: see below), or the
+tensor was repeated by ``expand`` (``repeat_kv``: every axis is then given, so a wrong size could
+only fail loudly).
+
+Grouping rule for splits into heads: a channel axis of ``C`` split into ``(..., heads, head_dim)``
+(an attention projection's features into heads; timm's fused ``qkv`` into ``(3, heads, head_dim)``)
+ties every position of head h -- its ``head_dim`` rows, in every leading block -- into one channel,
+and the head axis becomes the channel axis: heads change whole, never inside (``head_dim`` sets the
+softmax scale and RoPE's pairs). Pruned, the split must still cut heads of ``head_dim``: either the
+head count is ``-1`` and ``head_dim`` a number, or the head count is an int attribute of the module
+calling it (``num_heads``, ``num_attention_heads``, ... see :data:`HEAD_ATTRS`), which netmorph sets
+to the new count. Otherwise the op is frozen, saying so. Attributes of that module that hold the head
+count or the heads' total width (:data:`WIDTH_ATTRS`) are recorded and updated with the widths.
+Any other reshape declines.
 """
 from __future__ import annotations
 
@@ -14,6 +28,12 @@ import numpy as np
 from ..builder import Slots
 
 NAMES = ("flatten", "view", "reshape", "squeeze", "unsqueeze")
+
+#: Int attributes of an attention module that hold its number of (query or key/value) heads.
+HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "num_key_value_heads", "num_kv_heads",
+              "n_kv_heads")
+#: Int attributes that hold the total width of its heads (heads x head_dim).
+WIDTH_ATTRS = ("attn_dim", "all_head_size", "inner_dim")
 
 
 def _merge(s: Slots, shape: tuple, start: int, end: int) -> Slots:
@@ -65,6 +85,48 @@ def _moved_cdim(op, src: tuple, dst: tuple, cdim: int):
     return cdim - sum(1 for d in dims if d < cdim and src[d] == 1)
 
 
+def _attributes(b, op, value: int, names) -> list[str]:
+    """Names among ``names`` of int attributes equal to ``value`` on the module that called ``op``."""
+    held = vars(b.rec.modules[op.scope]) if op.scope in b.rec.modules else {}    # plain attributes, no properties
+    return [n for n in names if type(held.get(n)) is int and held[n] == value]
+
+
+def _split_heads(b, op, x, s: Slots, dst: tuple, k: int) -> bool:
+    """The channel axis split into ``k + 1`` axes, the last two being ``(heads, head_dim)``."""
+    sizes = _requested_sizes(op)
+    if op.name not in ("view", "reshape") or len(sizes) != len(dst):
+        return False
+    head_axis, dim_axis = s.cdim + k - 1, s.cdim + k
+    heads, head_dim = dst[head_axis], dst[dim_axis]
+    names = _attributes(b, op, heads, HEAD_ATTRS)
+    if sizes[head_axis] != -1 and not names:
+        from .unknown import freeze_op
+        where = f"'{op.scope}'" if op.scope else "the model"
+        freeze_op(b, op, f"it splits channels into {heads} heads of {head_dim} with the head count written as a "
+                         f"number, and {where} has no attribute ({', '.join(HEAD_ATTRS[:3])}, ...) holding it that "
+                         "netmorph could update; write the head count as -1 to make the heads prunable")
+        return True
+    head_of = (np.arange(len(s.elems)) // head_dim) % heads
+    for h in range(heads):
+        b.tie_all(s.elems[head_of == h])
+    reps = s.elems[:heads * head_dim:head_dim]
+    gate_bn = np.array([s.gate_bn[head_of == h].all() for h in range(heads)], dtype=bool)
+    gate_w = np.array([s.gate_w[head_of == h].all() for h in range(heads)], dtype=bool)
+    b.set(op.outputs[0], Slots(head_axis, reps, gate_bn, gate_w, s.source))
+    b.attrs.extend((op.scope, n, reps) for n in names)
+    b.memory([x, op.outputs[0]])
+    return True
+
+
+def _split_span(src: tuple, dst: tuple, cdim: int) -> int | None:
+    """k if ``dst`` is ``src`` with axis ``cdim`` split into k + 1 axes (k >= 1), else None."""
+    k = len(dst) - len(src)
+    if k < 1 or dst[:cdim] != src[:cdim] or dst[cdim + 1 + k:] != src[cdim + 1:] or \
+            int(np.prod(dst[cdim:cdim + 1 + k])) != src[cdim]:
+        return None
+    return k
+
+
 def rule(b, op) -> bool:
     x = op.inputs[0] if op.inputs else None
     s = b.get(x)
@@ -82,11 +144,21 @@ def rule(b, op) -> bool:
         return True
     span = _merged_span(src, dst)
     if span is None:
-        return False
+        k = _split_span(src, dst, s.cdim)
+        return k is not None and _split_heads(b, op, x, s, dst, k)
     start, end = span
-    if op.name in ("view", "reshape") and start <= s.cdim <= end:
-        sizes = _requested_sizes(op)
-        if len(sizes) != len(dst) or sizes[start] != -1:
-            return False
-    b.set(op.outputs[0], _merge(s, src, start, end))
+    names = []
+    if start <= s.cdim <= end:
+        heads = b.head_set.intersection(s.elems.tolist())
+        names = _attributes(b, op, dst[start], WIDTH_ATTRS) if heads else []
+        if op.name in ("view", "reshape"):
+            sizes = _requested_sizes(op)
+            if len(sizes) != len(dst):
+                return False
+            repeated = x.id in b.repeated and -1 not in sizes
+            if sizes[start] != -1 and not repeated and not (heads and names):
+                return False
+    merged = _merge(s, src, start, end)
+    b.set(op.outputs[0], merged)
+    b.attrs.extend((op.scope, n, merged.elems) for n in names)
     return True

@@ -1,0 +1,211 @@
+"""``scaled_dot_product_attention`` (rules/attention.py), the head split (rules/reshape.py) and
+``expand`` (rules/repeat.py): attention heads are channels, tied across query / key / value and
+read dead from the output projection's columns only; what the rules cannot prove stays."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import netmorph
+from netmorph.graph import build_graph
+from tests.conftest import reference_flops
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention on ``[B, N, dim]`` written the usual way. ``count``: how the head
+    count is given to the split (``"-1"``, ``"attr"``: ``self.num_heads``, ``"number"``: a number
+    with no attribute holding it); ``kv``: key/value heads (grouped-query when fewer);
+    ``repeat``: grouped-query written with Hugging Face's repeat_kv instead of ``enable_gqa``."""
+
+    def __init__(self, dim=32, heads=4, kv=None, count="-1", mask=None, repeat=False):
+        super().__init__()
+        self.head_dim = dim // heads
+        if count == "attr":
+            self.num_heads = heads
+        self.written = heads                          # "number": written into the code (no attribute netmorph knows)
+        self.count, self.repeat = count, repeat
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, (kv or heads) * self.head_dim)
+        self.v = nn.Linear(dim, (kv or heads) * self.head_dim)
+        self.o = nn.Linear(dim, dim)
+        self.mask = mask
+
+    @property
+    def heads(self):
+        return self.q.out_features // self.head_dim
+
+    @property
+    def num_key_value_heads(self):
+        return self.k.out_features // self.head_dim
+
+    def split(self, t, heads):
+        B, N, _ = t.shape
+        n = {"-1": -1, "attr": getattr(self, "num_heads", -1), "number": self.written}[self.count] \
+            if t.shape[-1] == self.q.out_features else -1
+        return t.view(B, N, n, self.head_dim).transpose(1, 2)
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        q, k, v = self.split(self.q(x), self.heads), self.split(self.k(x), self.num_key_value_heads), \
+            self.split(self.v(x), self.num_key_value_heads)
+        rep = self.heads // self.num_key_value_heads
+        gqa = {}
+        if rep > 1 and self.repeat:
+            kv = self.num_key_value_heads
+            k, v = (t[:, :, None].expand(B, kv, rep, N, self.head_dim).reshape(B, kv * rep, N, self.head_dim)
+                    for t in (k, v))
+        elif rep > 1:
+            gqa = {"enable_gqa": True}
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, **gqa)
+        return self.o(y.transpose(1, 2).reshape(B, N, -1))
+
+
+def x():
+    torch.manual_seed(0)
+    return torch.randn(2, 6, 32)
+
+
+def heads_group(graph):
+    return next(g for g in graph.groups if "q" in g.producers)
+
+
+def kill_heads(model, heads, v_too=True):
+    """Zero the output projection's columns of ``heads`` (of query heads) and, with ``v_too``, their
+    value rows, by hand (value bias left non-zero: a constant the dead head's zero columns ignore)."""
+    d = model.head_dim
+    rep = model.heads // model.num_key_value_heads
+    with torch.no_grad():
+        for h in heads:
+            model.o.weight[:, h * d:(h + 1) * d] = 0
+            if v_too:
+                g = h // rep
+                model.v.weight[g * d:(g + 1) * d] = 0
+
+
+def test_heads_are_one_group_of_whole_heads_tied_across_query_key_value_and_output(one_thread):
+    model, inp = Attention().eval(), x()
+    graph = build_graph(model, inp)
+    group = heads_group(graph)
+    assert group.width == 4 and group.frozen is None and sorted(group.producers) == ["k", "q", "v"]
+    assert group.consumers == ["o"] and graph.heads[group.channels].all()
+    for name in ("q", "k", "v"):                      # 8 rows (head_dim) per head, in runs
+        out = graph.layers[name].out
+        assert all(len(set(out[h * 8:(h + 1) * 8].tolist())) == 1 for h in range(4))
+        assert len(set(out.tolist())) == 4
+    assert netmorph.count_flops(model, inp) == reference_flops(model, inp)   # attention products included
+
+
+def test_killing_value_rows_and_output_columns_prunes_whole_heads_exactly(one_thread):
+    model, inp = Attention().eval(), x()
+    kill_heads(model, [1, 3])
+    before = model(inp)
+    reg = netmorph.GroupLassoFlopsRegularizer(model, inp, threshold=0.0)
+    small = netmorph.prune(model, reg)
+    assert (small(inp) - before).abs().max() <= 1e-5 * before.abs().max()
+    assert small.q.weight.shape == small.k.weight.shape == small.v.weight.shape == (16, 32)
+    assert small.o.weight.shape == (32, 16)
+    assert netmorph.count_flops(small, inp) == reg.cost() == reference_flops(small, inp) < reference_flops(model, inp)
+
+
+def test_query_and_key_rows_alone_prove_nothing(one_thread):
+    """Zero query and key rows (and biases) of a head: its scores are constant, its softmax uniform, and
+    it still adds the mean of its values to every token. It is no source of aliveness: the head stays."""
+    model, inp = Attention().eval(), x()
+    with torch.no_grad():
+        for lin in (model.q, model.k):
+            lin.weight[8:16] = 0
+            lin.bias[8:16] = 0
+    reg = netmorph.GroupLassoFlopsRegularizer(model, inp, threshold=0.0)
+    assert reg.alive()[heads_group(reg.graph).channels].all()
+    assert not {id(model.q.weight), id(model.k.weight)} & {id(p) for p in reg.source_parameters()}
+    reg.zero_channels(heads_group(reg.graph).channels[1:2])      # the source zeroes the output columns
+    assert model.o.weight[:, 8:16].abs().sum() == 0 and model.v.weight[8:16].abs().sum() > 0
+    assert not reg.alive()[heads_group(reg.graph).channels[1]]
+
+
+def test_a_head_with_only_value_rows_zero_is_kept(one_thread):
+    """Its value bias is a constant it still adds (and under a mask a fully masked row would not):
+    only the output projection's columns make a head provably dead."""
+    model, inp = Attention().eval(), x()
+    with torch.no_grad():
+        model.v.weight[8:16] = 0
+    reg = netmorph.GroupLassoFlopsRegularizer(model, inp, threshold=0.0)
+    assert reg.alive()[heads_group(reg.graph).channels].all()
+
+
+def test_a_padding_mask_shared_by_the_heads_keeps_them_prunable(one_thread):
+    mask = torch.ones(2, 1, 6, 6, dtype=torch.bool)
+    mask[1, :, :, 4:] = False                          # the second sequence has two padded keys
+    model, inp = Attention(mask=mask).eval(), x()
+    kill_heads(model, [0], v_too=False)
+    before = model(inp)
+    reg = netmorph.GroupLassoFlopsRegularizer(model, inp, threshold=0.0)
+    small = netmorph.prune(model, reg)
+    assert (small(inp) - before).abs().max() <= 1e-5 * before.abs().max() and small.q.weight.shape == (24, 32)
+
+
+def test_a_mask_per_head_freezes_the_heads():
+    model, inp = Attention(mask=torch.zeros(1, 4, 6, 6)).eval(), x()
+    text = netmorph.explain(model, inp)
+    assert heads_group(build_graph(model, inp)).frozen.startswith("touched by op 'scaled_dot_product_attention'")
+    assert "scaled_dot_product_attention" in text
+
+
+@pytest.mark.parametrize("repeat", [False, True], ids=["enable_gqa", "repeat_kv"])
+def test_grouped_query_attention_prunes_whole_key_value_groups(repeat, one_thread):
+    model, inp = Attention(heads=4, kv=2, repeat=repeat).eval(), x()
+    graph = build_graph(model, inp)
+    group = heads_group(graph)
+    assert group.width == 2 and group.frozen is None          # a channel is a key/value group and its query heads
+    assert len(set(graph.layers["q"].out[:16].tolist())) == 1
+    kill_heads(model, [2, 3])                                  # query heads 2 and 3: key/value group 1
+    before = model(inp)
+    reg = netmorph.GroupLassoFlopsRegularizer(model, inp, threshold=0.0)
+    small = netmorph.prune(model, reg)
+    assert (small(inp) - before).abs().max() <= 1e-5 * before.abs().max()
+    assert small.q.weight.shape == (16, 32) and small.k.weight.shape == small.v.weight.shape == (8, 32)
+    assert netmorph.count_flops(small, inp) == reg.cost() == reference_flops(small, inp)
+
+
+def test_grouped_query_head_killed_alone_keeps_its_group(one_thread):
+    """Query head 2 dead, head 3 of the same key/value group alive: every group must keep as many
+    query heads as the others, so the group stays whole."""
+    model, inp = Attention(heads=4, kv=2).eval(), x()
+    kill_heads(model, [2], v_too=False)
+    reg = netmorph.GroupLassoFlopsRegularizer(model, inp, threshold=0.0)
+    assert reg.alive()[heads_group(reg.graph).channels].all()
+
+
+def test_head_count_as_an_attribute_is_updated_and_as_a_bare_number_freezes(one_thread):
+    model, inp = Attention(count="attr").eval(), x()
+    kill_heads(model, [0])
+    small = netmorph.prune(model, netmorph.GroupLassoFlopsRegularizer(model, inp, threshold=0.0))
+    assert small.num_heads == 3 and model.num_heads == 4 and small(inp).shape == inp.shape
+    bare = Attention(count="number").eval()
+    graph = build_graph(bare, inp)
+    assert "head count written as a number" in heads_group(graph).frozen
+    assert "write the head count as -1" in netmorph.explain(bare, inp)
+
+
+def test_apply_structure_and_expand_change_heads_in_multiples_of_head_dim(one_thread):
+    model, inp = Attention().eval(), x()
+    with pytest.raises(ValueError, match="multiple of 8"):
+        netmorph.apply_structure(model, {"q": 20}, example_inputs=inp)
+    wide = netmorph.apply_structure(model, {"q": 48}, example_inputs=inp, init_reference=model)
+    assert wide.q.weight.shape == wide.v.weight.shape == (48, 32) and wide.o.weight.shape == (32, 48)
+    assert torch.allclose(wide(inp), model(inp), atol=1e-6)        # new heads are read with zero columns
+    structure = netmorph.expand(model, inp, {}, 1.2 * netmorph.count_flops(model, inp))
+    assert structure["q"] % 8 == 0 and structure["q"] == structure["k"] == structure["v"]
+
+
+def test_expand_of_a_channel_axis_declines():
+    class Copy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 1), nn.Linear(6, 2)
+
+        def forward(self, t):
+            return self.b(self.a(t).expand(-1, 6))
+    graph = build_graph(Copy(), torch.randn(3, 4))
+    assert graph.groups[int(graph.group_of[graph.layers["a"].out[0]])].frozen is not None

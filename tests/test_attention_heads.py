@@ -1,0 +1,125 @@
+"""Attention heads prune exactly on real transformer code built from tiny configs (nothing downloaded):
+timm's ViT, Hugging Face BERT, ViT and Llama (multi-head and grouped-query), eval mode. Heads are
+killed by hand -- their value rows and output-projection columns zeroed, as the group-lasso source
+would -- and pruning must keep the outputs (1e-5 relative) and shrink heads whole."""
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+import netmorph
+from tests.conftest import reference_flops
+
+
+class Out(nn.Module):
+    """A Hugging Face model's output tensor, without the key/value cache (it would be an output)."""
+
+    def __init__(self, model, key, **kwargs):
+        super().__init__()
+        self.model, self.key, self.kwargs = model, key, kwargs
+
+    def forward(self, x):
+        return getattr(self.model(x, **self.kwargs), self.key)
+
+
+@dataclasses.dataclass
+class Heads:
+    """Where one attention module keeps its heads: value rows start at ``v_start`` of ``v``."""
+
+    module: nn.Module
+    v: nn.Linear
+    o: nn.Linear
+    heads: int
+    head_dim: int
+    rep: int = 1                  # query heads per key/value head
+    v_start: int = 0
+
+
+def timm_vit():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=64,
+                              depth=2, num_heads=4, mlp_ratio=4, num_classes=10).eval()
+    return model, torch.randn(2, 3, 32, 32), lambda m: [Heads(b.attn, b.attn.qkv, b.attn.proj, b.attn.num_heads,
+                                                              b.attn.head_dim, v_start=2 * b.attn.attn_dim)
+                                                        for b in m.blocks]
+
+
+def _hf(name, config_cls, model_cls, key, x, heads, **config):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = getattr(transformers, config_cls)(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                               intermediate_size=256, attn_implementation="sdpa", **config)
+    kwargs = {"add_pooling_layer": False} if name in ("bert", "vit") else {}
+    model = getattr(transformers, model_cls)(config, **kwargs).eval()
+    extra = {"use_cache": False} if name.startswith("llama") else {}
+    return Out(model, key, **extra).eval(), x, heads
+
+
+def bert():
+    return _hf("bert", "BertConfig", "BertModel", "last_hidden_state", torch.randint(0, 100, (2, 12)),
+               lambda m: [Heads(l.attention.self, l.attention.self.value, l.attention.output.dense, 4, 16)
+                          for l in m.model.encoder.layer],
+               vocab_size=100, max_position_embeddings=64)
+
+
+def hf_vit():
+    return _hf("vit", "ViTConfig", "ViTModel", "last_hidden_state", torch.randn(2, 3, 32, 32),
+               lambda m: [Heads(l.attention, l.attention.v_proj, l.attention.o_proj, 4, 16) for l in m.model.layers],
+               image_size=32, patch_size=8)
+
+
+def llama(kv):
+    return lambda: _hf(f"llama{kv}", "LlamaConfig", "LlamaForCausalLM", "logits", torch.randint(0, 100, (2, 12)),
+                       lambda m: [Heads(l.self_attn, l.self_attn.v_proj, l.self_attn.o_proj, 4, 16, rep=4 // kv)
+                                  for l in m.model.model.layers],
+                       vocab_size=100, max_position_embeddings=64, num_key_value_heads=kv)
+
+
+MODELS = {"timm_vit": timm_vit, "bert": bert, "hf_vit": hf_vit, "llama": llama(4), "llama_gqa": llama(2)}
+#: query heads killed in layer 0 and layer 1 (3 of 8: 37.5%; for grouped-query, one whole group of 4 pairs)
+KILL = {"llama_gqa": ([2, 3], [])}
+
+
+def kill(where: Heads, heads) -> None:
+    """Zero the value rows (of their key/value heads) and output-projection columns of query ``heads``."""
+    d = where.head_dim
+    with torch.no_grad():
+        for h in heads:
+            where.o.weight[:, h * d:(h + 1) * d] = 0
+            g = h // where.rep
+            where.v.weight[where.v_start + g * d:where.v_start + (g + 1) * d] = 0
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_dead_heads_prune_exactly_and_whole(name, one_thread):
+    model, x, find = MODELS[name]()
+    layers = find(model)
+    for where, heads in zip(layers, KILL.get(name, ([1], [0, 2]))):
+        kill(where, heads)
+    with torch.no_grad():
+        before = model(x)
+    reg = netmorph.GroupLassoFlopsRegularizer(model, x, threshold=0.0)
+    small = netmorph.prune(model, reg).eval()
+    with torch.no_grad():
+        after = small(x)
+    assert (after - before).abs().max() <= 1e-5 * before.abs().max()
+    for old, new, heads in zip(layers, find(small), KILL.get(name, ([1], [0, 2]))):
+        kept = old.heads - len(heads)
+        assert new.o.weight.shape == (64, kept * old.head_dim)
+        assert new.v.weight.shape[0] == (3 if name == "timm_vit" else 1) * kept * old.head_dim // old.rep
+        for attr in ("num_heads", "num_attention_heads", "attn_dim", "all_head_size"):
+            if attr in vars(old.module):
+                assert vars(new.module)[attr] == vars(old.module)[attr] * kept // old.heads
+    assert netmorph.count_flops(small, x) == reg.cost() == reference_flops(small, x) < reference_flops(model, x)
+
+
+def test_query_rows_alone_do_not_kill_a_head_of_a_real_model(one_thread):
+    model, x, find = bert()
+    with torch.no_grad():
+        find(model)[0].module.query.weight[16:32] = 0
+    reg = netmorph.GroupLassoFlopsRegularizer(model, x, threshold=0.0)
+    assert reg.regularized[reg.graph.heads].all() and reg.alive()[reg.graph.heads].all()
+    assert "attention heads: weight norms of the columns of model.encoder.layer.0.attention.output.dense" in \
+        netmorph.explain(model, x)
