@@ -58,12 +58,19 @@ def test_a_plain_loop_with_the_learner_learns_what_regularize_learns():
     assert [r["cost"] for r in learner.history] == info.cost_history
 
 
-def adamw_run(weight_decay_on_gammas: bool, total_epochs=12, scaler=None, poison=()):
-    """A Hugging Face style fine-tune: AdamW, linear decay to zero, evaluation every half epoch."""
+def digits():
+    pytest.importorskip("sklearn", reason="the built-in digits come with scikit-learn (the cli extra)")
+    from netmorph.datasets import load_digits
+    data = load_digits()
+    return data.train, data.val
+
+
+def adamw_run(weight_decay_on_gammas: bool, total_epochs=4, scaler=None, poison=()):
+    """A Hugging Face style run on the digits: AdamW, linear decay to zero, an evaluation every 6 steps."""
     torch.manual_seed(0)
-    train, val = problem()
+    train, val = digits()
     example = train[0][:1]
-    model = tiny_cnn(num_classes=4, width=0.5)
+    model = tiny_cnn(num_classes=10)
     steps = math.ceil(len(train[0]) / 64) * total_epochs
     gammas = {id(m.weight) for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
     groups = [{"params": [p for p in model.parameters() if weight_decay_on_gammas or id(p) not in gammas],
@@ -101,16 +108,19 @@ def adamw_run(weight_decay_on_gammas: bool, total_epochs=12, scaler=None, poison
     return learner, caught, lines, netmorph.count_flops(model, example), opt
 
 
-def test_with_adamw_and_a_linearly_decaying_rate_the_alive_cost_reaches_the_target():
+def test_with_adamw_and_a_linearly_decaying_rate_the_alive_cost_reaches_the_target_and_accuracy_holds():
     learner, caught, lines, full, opt = adamw_run(weight_decay_on_gammas=False)
     assert not caught and not any("weight_decay" in line for line in lines)
     # the learning rate decayed to about zero, the pull kept the scheduler's base rate
-    assert opt.param_groups[0]["lr"] < 1e-4 and learner.state["pull_rate"] == pytest.approx(3e-3)
+    assert opt.param_groups[0]["lr"] < 1e-3 and learner.state["pull_rate"] == pytest.approx(3e-3)
     assert learner.reached_target and in_band(learner.learned_cost, 0.5 * full), learner.history
+    # the pull in Adam's metric lets the channels the task needs resist it: the picked network
+    # classifies the digits (a plain pull took every channel alike and ended at chance, 10-14%)
+    assert learner.state["best"]["key"][1] >= 0.9, learner.history
     # what it learned is a real network at that cost
-    rebuilt = netmorph.apply_structure(tiny_cnn(num_classes=4, width=0.5), learner.learned,
-                                       example_inputs=problem()[0][0][:1])
-    assert netmorph.count_flops(rebuilt, problem()[0][0][:1]) == learner.learned_cost
+    example = digits()[0][0][:1]
+    rebuilt = netmorph.apply_structure(tiny_cnn(num_classes=10), learner.learned, example_inputs=example)
+    assert netmorph.count_flops(rebuilt, example) == learner.learned_cost
     expanded = learner.expanded("100%")
     assert 0.9 * full <= expanded.cost <= full and expanded.omega > 1
 
@@ -126,7 +136,7 @@ def test_weight_decay_on_the_regularized_parameters_is_reported():
 def test_steps_a_grad_scaler_skipped_are_not_counted():
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
     learner, *_ = adamw_run(weight_decay_on_gammas=False, total_epochs=1, scaler=scaler, poison=(3, 7))
-    assert learner.state["steps"] == 12 - 2
+    assert learner.state["steps"] == math.ceil(len(digits()[0][0]) / 64) - 2
     assert scaler.get_scale() == 2.0 ** 6                     # it halved twice: both skips were real
 
 

@@ -70,3 +70,54 @@ def test_the_reload_block_runs_as_written(one_thread, tmp_path, monkeypatch):
     assert model.layer1[0].conv1.out_channels == 8 and model.layer3[2].conv1.out_channels == 40
     with torch.no_grad():
         assert torch.equal(model(torch.ones(2, 3, 32, 32)), small.eval()(torch.ones(2, 3, 32, 32)))
+
+
+def block_after(heading: str, index: int = 0) -> str:
+    text = README.read_text()
+    return re.findall(r"```python\n(.*?)```", text[text.index(heading):], re.S)[index]
+
+
+def digits_like(n, g):
+    return torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 4, (n,), generator=g)
+
+
+def test_the_training_code_blocks_run_as_written(one_thread, tmp_path, monkeypatch):
+    # declared setup: the user's tiny CNN, optimizer, data loader and validation function; for Lightning
+    # a LightningModule and loaders, for the Trainer a model in its calling convention and datasets
+    import netmorph
+    from netmorph.models import tiny_cnn
+    from netmorph.train import evaluate
+    monkeypatch.chdir(tmp_path)                                   # structure/ is written here
+    g = torch.Generator().manual_seed(0)
+    x, y = digits_like(256, g)
+    vx, vy = digits_like(64, g)
+    torch.manual_seed(0)
+    model = tiny_cnn(num_classes=4, width=0.5)
+    loader = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 256, 32)]
+    scope = {"model": model, "example": x[:1], "loader": loader, "epochs": 6,
+             "opt": torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+             "validate": lambda m: evaluate(m, vx, vy)}
+    exec(compile(block_after("## Use it in your training code", 0), str(README), "exec"), scope)  # noqa: S102
+    learner, final = scope["learner"], scope["final"]
+    assert learner.state["steps"] == 6 * 8 and len(learner.history) == 6
+    assert netmorph.count_flops(final, x[:1]) == learner.expanded("100%").cost <= netmorph.count_flops(model, x[:1])
+
+    from .integrations.test_lightning import Module, pl
+    train_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+    val_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(vx, vy), batch_size=64)
+    scope = {"netmorph": netmorph, "example": x[:1], "epochs": 2, "module": Module(),
+             "train_loader": train_loader, "val_loader": val_loader}
+    exec(compile(block_after("## Use it in your training code", 1), str(README), "exec"), scope)  # noqa: S102
+    assert scope["callback"].learner.state["steps"] == 2 * 8
+    assert (tmp_path / "structure" / "learned.json").exists() and (tmp_path / "structure" / "history.json").exists()
+
+    import transformers
+    from .integrations.test_transformers_trainer import Net, Rows
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "hf"), per_device_train_batch_size=32,
+                                          num_train_epochs=2, eval_strategy="epoch", save_strategy="no",
+                                          report_to=[], use_cpu=True, disable_tqdm=True)
+    (tmp_path / "structure" / "learned.json").unlink()
+    scope = {"model": Net(), "args": args, "train_set": Rows(x, y), "val_set": Rows(vx, vy), "example": x[:1]}
+    exec(compile(block_after("## Use it in your training code", 2), str(README), "exec"), scope)  # noqa: S102
+    assert scope["trainer"].state.global_step == 2 * 8
+    assert (tmp_path / "structure" / "learned.json").exists()

@@ -17,8 +17,11 @@ What :meth:`step` does after the optimizer's step (METHODS.md 1.6, the controlle
 
 - **the sparsifying step**: the proximal operator of the resource regularizer, applied at the *pull
   rate* (the largest learning rate the optimizer has had, or its scheduler's base rate), so the pull does
-  not vanish while a schedule decays the learning rate, and is not rescaled by an adaptive optimizer (it
-  acts on the weights outside the optimizer);
+  not vanish while a schedule decays the learning rate. It acts on the weights outside the optimizer;
+  under Adam and its kin each channel's pull is scaled by the optimizer's own step size for it
+  (:meth:`~netmorph.regularizers.GammaFlopsRegularizer.preconditioner`), because Adam moves every
+  parameter by about the learning rate whatever its gradient, so without it a channel the task needs
+  could not resist the pull any better than a useless one;
 - **the strength controller**: every ``check_every`` steps the strength (kept in units of 1 / initial
   cost) is multiplied by ``factor`` while no channel has died, by ``factor ** (2 / checks)`` when the
   alive cost is behind a path falling linearly from the start to the shrink target over the first
@@ -35,7 +38,6 @@ Everything it needs to continue is in :meth:`state_dict` (the picked weights inc
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Callable
 
@@ -73,12 +75,13 @@ def revive(reg, target: float, death: np.ndarray, last_value: np.ndarray) -> lis
     return back
 
 
-def first_strength(reg, lr_sum: float, target: float) -> float:
+def first_strength(reg, lr_sum: float, target: float, scale: np.ndarray | None = None) -> float:
     """A first strength (in units of 1 / cost) at which proximal steps whose learning rates add up to
-    ``lr_sum`` would pull an average channel's value down by ``1 - target/cost`` of itself."""
+    ``lr_sum`` (each channel's pull times ``scale``, if given) would pull an average channel's value
+    down by ``1 - target/cost`` of itself."""
     with torch.no_grad():
         values = reg.channel_values().detach().cpu().double().numpy()[reg.regularized]
-    weights = reg.channel_weights(reg.alive())[reg.regularized]
+    weights = (reg.channel_weights(reg.alive()) * (1.0 if scale is None else scale))[reg.regularized]
     if not len(values) or weights.mean() <= 0 or lr_sum <= 0:
         return 1.0
     cost = reg.cost()
@@ -157,14 +160,16 @@ class StructureLearner:
         state = self.state
         state["pull_rate"] = max(state["pull_rate"], lr, self._base_rate())
         s = state["steps"]
+        scale = self.reg.preconditioner(self.optimizer) if self.optimizer is not None else None
         if state["strength"] is None:
             approach_steps = max(1.0, self.approach * self.total_steps)
-            state["strength"] = first_strength(self.reg, state["pull_rate"] * approach_steps, self.target)
+            state["strength"] = first_strength(self.reg, state["pull_rate"] * approach_steps, self.target, scale)
         if state["period_strength"] is None:       # a fresh evaluation period: its starting strength is the record
             state["period_strength"] = state["strength"]
         k = self._steer(s)
         if k and self.reg.cost() > max(BAND[1] * self.target, self.path(s + 1)):
-            self.reg.proximal_step(state["pull_rate"], k, floor=max(BAND[0] * self.target, 0.96 * self.path(s + 1)))
+            self.reg.proximal_step(state["pull_rate"], k, floor=max(BAND[0] * self.target, 0.96 * self.path(s + 1)),
+                                   scale=scale)
         state["steps"] = s + 1
         return True
 

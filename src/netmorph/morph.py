@@ -154,7 +154,8 @@ def initial_strength(reg, recipe: Recipe, n_train: int, target: float, approach:
 def regularize(model, train, val, example_inputs, target: float, recipe: Recipe, resource="flops",
                hardware=None, strength: float | None = None, approach: float = 0.6, step: float = 1.5, checks: int = 8,
                log: Callable = print, on_batch=None, stop=None, state: dict | None = None,
-               checkpoint: Callable | None = None, schedule: str = "constant") -> tuple[Structure, float, Round]:
+               checkpoint: Callable | None = None, schedule: str = "constant",
+               on_epoch: Callable[[dict], None] | None = None) -> tuple[Structure, float, Round]:
     """Train ``model`` with the regularizer, steering the alive cost into ``[0.98, 1.02] * target``;
     return the structure chosen on the validation split, its cost, and the history.
 
@@ -165,7 +166,9 @@ def regularize(model, train, val, example_inputs, target: float, recipe: Recipe,
 
     ``checkpoint(state)`` receives everything needed to continue (after every epoch, and when
     ``stop()`` interrupts training, before :class:`~netmorph.train.Interrupted` propagates);
-    passing that ``state`` back resumes, with the same result as an uninterrupted run.
+    passing that ``state`` back resumes, with the same result as an uninterrupted run. ``on_epoch(row)``
+    receives each epoch's numbers (alive cost, its fraction of the start, strength, validation accuracy,
+    channels revived, and ``widths``: the alive output channels per layer).
     """
     recipe = dataclasses.replace(recipe, schedule=schedule)
     steps = math.ceil(len(train[0]) / recipe.batch_size)
@@ -201,6 +204,10 @@ def regularize(model, train, val, example_inputs, target: float, recipe: Recipe,
             f"({row['cost'] / learner.state['initial']:.0%}), target path {learner.path((epoch + 1) * steps):,.0f}, "
             f"strength {row['strength']:.3g}/cost, val acc {row['metric']:.4f}"
             + (f", {row['revived']} channels revived" if row["revived"] else ""))
+        if on_epoch is not None:
+            on_epoch({"epoch": epoch + 1, "val_acc": row["metric"], "alive_cost": row["cost"],
+                      "alive_fraction": row["cost"] / learner.state["initial"], "strength": row["strength"],
+                      "revived": row["revived"], "widths": dict(learner.reg.structure())})
         state["epoch"] = epoch + 1
         save()
     cost, structure = learner.learned_cost, learner.learned
@@ -245,7 +252,7 @@ def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budg
           resource="flops", hardware=None, rounds: int = 1, recipe: Recipe | None = None,
           final_recipe: Recipe | None = None, round_to: int | None = None, log: Callable = print,
           checkpoint_path=None, on_batch=None, stop=None, on_stage=None, init: str = "fresh",
-          start_state: dict | None = None) -> dict:
+          start_state: dict | None = None, on_epoch: Callable[[str, dict], None] | None = None) -> dict:
     """MorphNet's Algorithm 1 on the network ``build_model()`` returns.
 
     ``budget``: the final network's cost, a fraction of the original (``"100%"``, ``0.5``) or an
@@ -257,7 +264,8 @@ def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budg
     there after every epoch and continues from it when the file exists (same seed, same result).
     ``stop()`` (polled after every step) interrupts cleanly: the state is saved and
     :class:`~netmorph.train.Interrupted` propagates. ``on_stage(name, epochs)`` announces each
-    training stage (for progress bars). Returns a dict with the final model, its structure, the
+    training stage (for progress bars); ``on_epoch(stage, row)`` receives each epoch's numbers
+    (see :func:`regularize` and :func:`~netmorph.train.fit`). Returns a dict with the final model, its structure, the
     rounds (:class:`Round`: learned and expanded structures, controller history, and ``.state``,
     the regularized network's weights at the epoch its structure was picked), the final training
     history and the costs; the caller evaluates on its own test data.
@@ -305,7 +313,8 @@ def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budg
         resume = state["train"] if state["stage"] == f"regularize {r}" else None
         learned, learned_cost, info = regularize(model, train, val, example_inputs, target, recipe, resource,
                                                  hardware, log=log, on_batch=on_batch, stop=stop, state=resume,
-                                                 checkpoint=keep)
+                                                 checkpoint=keep, on_epoch=on_epoch and (
+                                                     lambda row, r=r: on_epoch(f"round {r + 1}: regularize", row)))
         structure = expand(model, example_inputs, learned, budget_abs, resource, hardware, round_to)
         info.expanded = structure
         if getattr(structure, "rounding_note", None):
@@ -334,6 +343,7 @@ def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budg
     final_history = fit(model, train, val, final_recipe, log=log, checkpoint=keep_final,
                         start_epoch=done["epoch"] if done else 0, opt=opt, generator=gen, on_batch=on_batch,
                         position=done["position"] if done else None, stop=stop,
-                        history=done["history"] if done else None)
+                        history=done["history"] if done else None,
+                        on_epoch=on_epoch and (lambda row: on_epoch("final training", row)))
     return {"model": model, "structure": history[-1].expanded, "rounds": history, "original_cost": original,
             "final_cost": graph_cost(model), "budget": budget_abs, "final_history": final_history, "init": init}

@@ -197,8 +197,45 @@ class _Regularizer:
 
     # -- proximal step -----------------------------------------------------------------------
     @torch.no_grad()
-    def proximal_step(self, lr: float, strength: float, floor: float | None = None) -> None:
-        """Apply the proximal operator of ``lr * strength * loss()`` to the source parameters.
+    def preconditioner(self, optimizer) -> np.ndarray | None:
+        """Per channel, how far ``optimizer`` moves its source parameters per unit of gradient, relative
+        to the typical alive channel (median 1); ``None`` for an optimizer without second moments (SGD).
+
+        Adam and its kin (anything keeping ``exp_avg_sq``) move a parameter by about ``lr`` whatever its
+        gradient's size, so a channel the task defends strongly cannot push back harder than a useless
+        one: a plain proximal pull would take them alike. Scaling channel j's pull by its mean
+        ``1 / (sqrt(v_hat) + eps)`` (Adam's own step size for it) puts the pull in the optimizer's metric,
+        where a channel with large gradients resists it and one with small gradients gives way.
+        """
+        per_member = []
+        for m, _ in self._sources:
+            p = m.weight
+            st = optimizer.state.get(p) if hasattr(optimizer, "state") else None
+            if not st or "exp_avg_sq" not in st:
+                return None
+            group = next((g for g in optimizer.param_groups if any(q is p for q in g["params"])), None)
+            if group is None:
+                return None
+            beta2, eps = group.get("betas", (0.9, 0.999))[1], group.get("eps", 1e-8)
+            step = float(st.get("step", 1))
+            v = st["exp_avg_sq"].detach().double().cpu() / max(1e-12, 1 - beta2 ** max(step, 1.0))
+            pre = 1.0 / (v.sqrt() + eps)
+            per_member.append(pre if self.family == "gamma" else out_rows(m, pre).mean(1))
+        flat = torch.cat(per_member)
+        index = self._index
+        sums = torch.zeros(self.graph.n_channels, dtype=flat.dtype).index_add_(0, index, flat)
+        counts = torch.zeros(self.graph.n_channels, dtype=flat.dtype).index_add_(0, index, torch.ones_like(flat))
+        scale = (sums / counts.clamp_min(1)).numpy()
+        typical = scale[self.regularized & self.alive()]
+        if not len(typical) or not np.isfinite(typical).all() or np.median(typical) <= 0:
+            return None
+        return np.where(self.regularized, scale / np.median(typical), 1.0)
+
+    @torch.no_grad()
+    def proximal_step(self, lr: float, strength: float, floor: float | None = None,
+                      scale: np.ndarray | None = None) -> None:
+        """Apply the proximal operator of ``lr * strength * loss()`` to the source parameters
+        (channel j's pull multiplied by ``scale[j]`` when given: :meth:`preconditioner`).
 
         Use it *instead of* adding ``strength * loss()`` to the objective, right after each
         ``optimizer.step()`` with that step's learning rate. A channel the step leaves dead (at
@@ -215,20 +252,20 @@ class _Regularizer:
         even a strength far too large moves the network only down to the floor.
         """
         if floor is None:
-            return self._prox_and_silence(lr * strength)
+            return self._prox_and_silence(lr * strength, scale)
         saved = [(t, t.detach().clone()) for m, _ in self._sources for t in (m.weight, getattr(m, "bias", None))
                  if t is not None]
 
         def restore():
             for t, v in saved:
                 t.copy_(v)
-        self._prox_and_silence(lr * strength)
+        self._prox_and_silence(lr * strength, scale)
         if self.cost() >= floor:
             return
         lo, hi = 0.5, 1.0
         while True:                                   # halve until a fraction keeps the floor
             restore()
-            self._prox_and_silence(lr * strength * lo)
+            self._prox_and_silence(lr * strength * lo, scale)
             if self.cost() >= floor:
                 break
             if lo < 2 ** -40:
@@ -238,18 +275,19 @@ class _Regularizer:
         for _ in range(12 if lo > 0 else 0):
             mid = (lo + hi) / 2
             restore()
-            self._prox_and_silence(lr * strength * mid)
+            self._prox_and_silence(lr * strength * mid, scale)
             if self.cost() >= floor:
                 lo = mid
             else:
                 hi = mid
         restore()
         if lo > 0:
-            self._prox_and_silence(lr * strength * lo)
+            self._prox_and_silence(lr * strength * lo, scale)
 
     @torch.no_grad()
-    def _prox_and_silence(self, t: float) -> None:
-        self._shrink(t * self.channel_weights(self.alive()) * self.regularized)
+    def _prox_and_silence(self, t: float, scale: np.ndarray | None = None) -> None:
+        t_channel = t * self.channel_weights(self.alive()) * self.regularized
+        self._shrink(t_channel if scale is None else t_channel * scale)
         with torch.no_grad():
             values = self.channel_values().detach().cpu()
         below = ~(values > self.threshold).numpy()            # the comparison alive() makes
@@ -454,9 +492,10 @@ def _rows_of(m: nn.Module, w: torch.Tensor) -> torch.Tensor:
         m.weight = weight
 
 
-def out_rows(m: nn.Module) -> torch.Tensor:
-    """The weights of ``m`` as ``[out_channels, fan]``: row j holds everything output channel j reads."""
-    w = m.weight
+def out_rows(m: nn.Module, w: torch.Tensor | None = None) -> torch.Tensor:
+    """The weights of ``m`` (or ``w``, a tensor laid out like them) as ``[out_channels, fan]``: row j
+    holds everything output channel j reads."""
+    w = m.weight if w is None else w
     if isinstance(m, nn.modules.conv._ConvTransposeNd):       # laid out [in, out/g, *k]
         g = m.groups
         return w.reshape(g, w.shape[0] // g, w.shape[1], -1).permute(0, 2, 1, 3).reshape(m.out_channels, -1)

@@ -168,8 +168,10 @@ def train_epoch(model, opt, x, y, recipe: Recipe, epoch: int, generator: torch.G
 
 def fit(model, train, val, recipe: Recipe, reg=None, strength: float = 0.0, log=print,
         checkpoint: Callable | None = None, start_epoch: int = 0, opt=None, generator=None,
-        criterion=cross_entropy, on_batch=None, position=None, stop=None, history=None) -> list[dict]:
-    """Train for ``recipe.epochs`` (from ``start_epoch``), logging loss and validation accuracy each epoch.
+        criterion=cross_entropy, on_batch=None, position=None, stop=None, history=None,
+        on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train for ``recipe.epochs`` (from ``start_epoch``), logging loss and validation accuracy each epoch
+    (and passing the row to ``on_epoch``).
 
     ``checkpoint(epochs_done, opt, generator, history, position=None)`` is called after every epoch
     and, with the mid-epoch ``position``, when ``stop()`` interrupts training (``position`` and
@@ -198,6 +200,8 @@ def fit(model, train, val, recipe: Recipe, reg=None, strength: float = 0.0, log=
             row["cost"] = reg.cost()
         history.append(row)
         log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        if on_epoch is not None:
+            on_epoch(row)
         if checkpoint is not None:
             checkpoint(epoch + 1, opt, generator, history)
     return history

@@ -17,7 +17,7 @@ from .conftest import NEEDS_DIGITS, QUICK, ROOT, child_env, ctrl_c_at, run_cli, 
 
 FILES = ["config.json", "log.txt", "checkpoint.pt", "round1_learned_structure.json",
          "round1_expanded_structure.json", "final/structure.json", "final/model.pt", "final/model.onnx", "metrics.md",
-         "metrics.json"]  # final/model.onnx: the onnx extra is part of the test extra
+         "metrics.json", "metrics.csv"]  # final/model.onnx: the onnx extra is part of the test extra
 EXAMPLE = torch.zeros(1, 1, 8, 8)
 
 pytest.importorskip("sklearn", reason=NEEDS_DIGITS)
@@ -49,9 +49,33 @@ def test_run_directory_holds_structures_model_metrics_and_pictures(straight_run)
     assert all(f"{r['latency_ms']:.2f}" in latency_line for r in rows.values())
     model = run_reload_code(text, out)
     assert netmorph.count_flops(model, EXAMPLE) == final["flops"]
+    # every epoch's numbers, in metrics.csv and as TensorBoard scalars
+    csv_rows = read_csv(out / "metrics.csv")
+    reg_rows = [r for r in csv_rows if r["stage"] == "round 1: regularize"]
+    assert [float(r["alive_cost"]) for r in reg_rows] == pytest.approx(metrics["rounds"][0]["cost_history"], rel=1e-5)
+    assert [float(r["val_acc"]) for r in csv_rows if r["stage"] == "final training"] == \
+        pytest.approx([h["val_acc"] for h in metrics["final_history"]], rel=1e-5)
+    tb = scalars(out / "tensorboard")
+    assert [v for _, v in tb["round 1: regularize/alive_cost"]] == pytest.approx(metrics["rounds"][0]["cost_history"])
+    last_widths = {k[len("widths/"):]: v[-1][1] for k, v in tb.items() if k.startswith("widths/")}
+    assert last_widths and all(w >= 1 for w in last_widths.values())
     pytest.importorskip("matplotlib", reason="pictures need matplotlib")
     for png in ("widths.png", "training.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def read_csv(path) -> list[dict]:
+    import csv
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def scalars(logdir) -> dict:
+    """{tag: [(step, value), ...]} of the TensorBoard event files under ``logdir``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 def changeable_layers(model) -> set:
@@ -109,6 +133,9 @@ def test_ctrl_c_checkpoints_and_resume_gives_the_uninterrupted_result(straight_r
     assert a["rounds"][0]["cost_history"] == b["rounds"][0]["cost_history"]
     assert a["rounds"][0]["strength_history"] == b["rounds"][0]["strength_history"]
     assert [h["val_acc"] for h in a["final_history"]] == [h["val_acc"] for h in b["final_history"]]
+    # metrics.csv went on where it stopped: the same rows as the uninterrupted run's, none twice
+    drop_time = lambda rows: [{k: v for k, v in r.items() if k not in ("time", "seconds")} for r in rows]  # noqa: E731
+    assert drop_time(read_csv(out / "metrics.csv")) == drop_time(read_csv(straight_run / "metrics.csv"))
 
 
 def test_two_ddp_ranks_learn_the_same_structure_and_only_rank_0_writes(tmp_path):
@@ -132,7 +159,9 @@ def test_two_ddp_ranks_learn_the_same_structure_and_only_rank_0_writes(tmp_path)
     assert ["os.rename", str(out / "metrics.json.tmp"), str(out / "metrics.json")] in written[0]
     assert not (tmp_path / "run.rank1").exists() and list(cwd.iterdir()) == []
     expected = set(FILES) | {"widths.png", "training.png"}
-    assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == expected
+    files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    events = {f for f in files if f.startswith("tensorboard/events.out.tfevents.")}
+    assert files - events == expected and len(events) == 1          # one event file: rank 0's
     # and says things once: the console (both ranks' stderr) and log.txt
     log = (out / "log.txt").read_text()
     for text in (done.stderr, log):

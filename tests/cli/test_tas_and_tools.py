@@ -54,6 +54,12 @@ def test_tas_command_distills_the_network_its_search_ends_on(tmp_path):
     model = run_reload_code((out / "metrics.md").read_text(), out)
     assert netmorph.count_flops(model, torch.zeros(1, 1, 8, 8)) == final["flops"]
     assert len(m["kd_history"]) == 2 and len(m["search_history"]) == 3
+    import csv
+    with open(out / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [float(r["decided"]) for r in rows if r["stage"] == "TAS search"] == \
+        pytest.approx([h["decided"] for h in m["search_history"]], rel=1e-5)
+    assert len([r for r in rows if r["stage"] == "knowledge distillation"]) == 2
     searched = json.loads((out / "searched_structure.json").read_text())["widths"]
     assert searched == json.loads((out / "final" / "structure.json").read_text())["widths"] == m["structure"]["widths"]
 

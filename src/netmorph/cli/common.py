@@ -4,6 +4,7 @@ one line naming the problem and the fix; ``netmorph.cli.main`` prints it and exi
 from __future__ import annotations
 
 import importlib
+import math
 import inspect
 import json
 import os
@@ -12,11 +13,14 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .. import dist, faults
 from ..costs import HARDWARE, get_hardware
+from ..morph import save_atomic
 from ..safeload import load_state_dict, load_torch
+from ..train import fit, load_training_state, make_optimizer, training_state
 from ..models import MODELS
 
 #: the input each built-in network was designed for (C, H, W)
@@ -352,6 +356,55 @@ def log_to(path: Path) -> None:
     _LOG.append(path)
 
 
+class MetricsLog:
+    """Every epoch's numbers, as ``metrics.csv`` in the run directory (always) and as TensorBoard scalars
+    in ``tensorboard/`` when ``tensorboard`` is installed (``tensorboard --logdir RUN/tensorboard``).
+
+    A row is a stage name and a dict: numbers become columns (``stage``, ``epoch``, ``loss``,
+    ``val_acc``, ``alive_cost``, ``alive_fraction``, ``strength``, ...; the CSV's columns are fixed, a
+    number with no column goes to TensorBoard only) and ``widths`` (alive output channels per layer)
+    become the scalars ``widths/LAYER``. Rows append: a resumed run goes on where the file ends (an
+    interrupted epoch wrote nothing). Only rank 0 writes.
+    """
+
+    COLUMNS = ("time", "stage", "epoch", "loss", "val_acc", "alive_cost", "alive_fraction", "strength", "revived",
+               "tau", "flops", "expected_flops", "decided", "seconds")
+
+    def __init__(self, out: Path):
+        self.path = out / "metrics.csv"
+        self.writer = None
+        self.step = sum(1 for _ in open(self.path)) - 1 if self.path.exists() else 0
+        if not dist.is_main():
+            return
+        if not self.path.exists():
+            self.path.write_text(",".join(self.COLUMNS) + "\n")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:          # tensorboard is optional: metrics.csv has the same numbers
+            return
+        self.writer = SummaryWriter(str(out / "tensorboard"))
+
+    def __call__(self, stage: str, row: dict) -> None:
+        if not dist.is_main():
+            return
+        values = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        line = {"time": f"{time.time():.0f}", "stage": stage, **{k: f"{v:.6g}" for k, v in values.items()}}
+        with open(self.path, "a") as fh:
+            fh.write(",".join(str(line.get(c, "")).replace(",", ";") for c in self.COLUMNS) + "\n")
+        if self.writer is not None:
+            for k, v in values.items():
+                if k != "epoch":
+                    self.writer.add_scalar(f"{stage}/{k}", v, self.step)
+            for layer, width in (row.get("widths") or {}).items():
+                self.writer.add_scalar(f"widths/{layer}", width, self.step)
+            self.writer.flush()
+        self.step += 1
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 READY_FD = "NETMORPH_READY_FD"
 
 
@@ -383,11 +436,12 @@ class Progress:
     the first step of every epoch after a stage's first one calls :func:`notify` with
     ``checkpoint STAGE``."""
 
-    def __init__(self):
+    def __init__(self, metrics: MetricsLog | None = None):
         self.bar = None
         self.task = None
         self.stage_name = None
         self.stage_steps = 0
+        self.metrics = metrics
         if sys.stderr.isatty() and dist.is_main():
             try:
                 from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
@@ -405,6 +459,13 @@ class Progress:
     def __exit__(self, *exc):
         if self.bar is not None:
             self.bar.stop()
+        if self.metrics is not None:
+            self.metrics.close()
+
+    def epoch(self, row: dict, stage: str | None = None) -> None:
+        """An epoch of ``stage`` (default: the current stage) ended with the numbers in ``row``."""
+        if self.metrics is not None:
+            self.metrics(stage or self.stage_name or "", row)
 
     def stage(self, name: str, epochs: int, steps_per_epoch: int) -> None:
         faults.point(f"stage {name}")
@@ -420,3 +481,34 @@ class Progress:
         faults.point("step")
         if self.bar is not None and self.task is not None:
             self.bar.update(self.task, advance=1, loss=f"{loss:.3f}")
+
+
+# -- training stages shared by the commands ------------------------------------------------------
+def train_resumable(model, data, recipe, ckpt: Path, label: str, stop, progress, train=fit) -> list:
+    """``train(model, data.train, data.val, recipe, ...)`` (``fit`` or a wrapper of it), saved to
+    ``ckpt`` after every epoch and on Ctrl-C, continued from it when it exists; returns the history."""
+    opt, gen = make_optimizer(model, recipe), torch.Generator().manual_seed(recipe.seed)
+    saved = load_run_file(ckpt)
+    if saved is not None:
+        load_training_state(saved, model, opt, gen)
+        if saved["epoch"] >= recipe.epochs and saved["position"] is None:
+            return saved["history"]
+
+    def keep(epoch, opt, gen, hist, position=None):
+        if dist.is_main():
+            save_atomic({**training_state(model, opt, gen), "epoch": epoch, "history": hist, "position": position},
+                        ckpt)
+    progress.stage(label, recipe.epochs - (saved["epoch"] if saved else 0),
+                   math.ceil(len(data.train[0]) / recipe.batch_size))
+    return train(model, data.train, data.val, recipe, log=lambda s: say(f"  {label}: {s}"), checkpoint=keep,
+                 start_epoch=saved["epoch"] if saved else 0, opt=opt, generator=gen, on_batch=progress.step,
+                 position=saved["position"] if saved else None, stop=stop,
+                 history=saved["history"] if saved else None, on_epoch=progress.epoch)
+
+
+def train_baseline(build, data, recipe, out: Path, stop, progress) -> tuple:
+    """The original network, trained with the same recipe (resumable from ``baseline.pt``)."""
+    torch.manual_seed(recipe.seed)
+    model = build()
+    return model, train_resumable(model, data, recipe, out / "baseline.pt", "original network (baseline)", stop,
+                                  progress)

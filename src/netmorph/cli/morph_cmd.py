@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import math
-from pathlib import Path
 
 import torch
 
@@ -21,9 +20,9 @@ from .. import dist
 from ..datasets import load_data
 from ..expand import cost_floor
 from ..graph import GraphRecordError, build_graph
-from ..morph import absolute, make_regularizer, morph, replay, save_atomic
+from ..morph import absolute, make_regularizer, morph, replay
 from ..surgery import prune
-from ..train import Interrupted, fit, load_training_state, make_optimizer, training_state
+from ..train import Interrupted
 from . import common as C
 from .report import metrics, onnx_files, plot_training, plot_widths, speed_note, table
 
@@ -127,36 +126,6 @@ def check_budget(build, example, budget_abs, resource, hardware) -> None:
                            f"changeable layer at one channel, {smallest:,.0f}; raise the budget")
 
 
-def train_resumable(model, data, recipe, ckpt: Path, label: str, stop, progress, train=fit) -> list:
-    """``train(model, data.train, data.val, recipe, ...)`` (``fit`` or a wrapper of it), saved to
-    ``ckpt`` after every epoch and on Ctrl-C, continued from it when it exists; returns the history."""
-    opt, gen = make_optimizer(model, recipe), torch.Generator().manual_seed(recipe.seed)
-    saved = C.load_run_file(ckpt)
-    if saved is not None:
-        load_training_state(saved, model, opt, gen)
-        if saved["epoch"] >= recipe.epochs and saved["position"] is None:
-            return saved["history"]
-
-    def keep(epoch, opt, gen, hist, position=None):
-        if dist.is_main():
-            save_atomic({**training_state(model, opt, gen), "epoch": epoch, "history": hist, "position": position},
-                        ckpt)
-    progress.stage(label, recipe.epochs - (saved["epoch"] if saved else 0),
-                   math.ceil(len(data.train[0]) / recipe.batch_size))
-    return train(model, data.train, data.val, recipe, log=lambda s: C.say(f"  {label}: {s}"), checkpoint=keep,
-                 start_epoch=saved["epoch"] if saved else 0, opt=opt, generator=gen, on_batch=progress.step,
-                 position=saved["position"] if saved else None, stop=stop,
-                 history=saved["history"] if saved else None)
-
-
-def train_baseline(build, data, recipe, out: Path, stop, progress) -> tuple:
-    """The original network, trained with the same recipe (resumable from ``baseline.pt``)."""
-    torch.manual_seed(recipe.seed)
-    model = build()
-    return model, train_resumable(model, data, recipe, out / "baseline.pt", "original network (baseline)", stop,
-                                  progress)
-
-
 def learned_model(build, result, example, recipe, resource, hardware):
     """The last round's regularized network at the epoch its structure was picked, its dead channels
     removed: what the regularizer learned, as a real network."""
@@ -224,10 +193,10 @@ def run(args) -> int:
           f"{len(data.test[0])} test), {resource} {original_cost:,.0f} -> budget {budget_abs:,.0f}; run directory "
           f"{out}")
     steps = math.ceil(len(data.train[0]) / recipe.batch_size)
-    with C.StopFlag() as stop, C.Progress() as progress:
+    with C.StopFlag() as stop, C.Progress(C.MetricsLog(out)) as progress:
         try:
             baseline, base_hist = (None, None) if args.no_baseline else \
-                train_baseline(build, data, recipe, out, stop, progress)
+                C.train_baseline(build, data, recipe, out, stop, progress)
             if args.init == "keep" and start_state is None and baseline is not None:
                 start_state = baseline.state_dict()          # else (--no-baseline) it regularizes a fresh build
             result = morph(build, data.train, data.val, data.example, budget=budget, shrink=shrink,
@@ -235,7 +204,8 @@ def run(args) -> int:
                            final_recipe=final_recipe, init=args.init, start_state=start_state,
                            round_to=args.round_to, log=lambda s: C.say(f"  {s}"),
                            checkpoint_path=out / "checkpoint.pt", on_batch=progress.step, stop=stop,
-                           on_stage=lambda name, epochs: progress.stage(name, epochs, steps))
+                           on_stage=lambda name, epochs: progress.stage(name, epochs, steps),
+                           on_epoch=lambda stage, row: progress.epoch(row, stage))
         except Interrupted:
             C.say(f"interrupted: checkpoint saved in {out}; continue with: netmorph morph --resume --out {out}")
             return 130

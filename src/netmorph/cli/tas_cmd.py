@@ -22,7 +22,7 @@ from ..tas import TAS, distill, initial_student, search
 from ..tas.search import verdict
 from ..train import Interrupted
 from . import common as C
-from .morph_cmd import add_common, closing_lines, restore, setup, train_baseline, train_resumable
+from .morph_cmd import add_common, closing_lines, restore, setup
 from .report import metrics, plot_search, plot_widths, table
 
 #: search settings and student init chosen on the CIFAR-10 ResNet-20 proxy (benchmarks/tas_proxy.py, cifar_tas.py)
@@ -87,10 +87,10 @@ def run(args) -> int:
                                        "torch": torch.__version__})
     C.log_to(out / "log.txt")
     C.say(f"netmorph tas: {args.model} on {data.name}, FLOPs {full:,} -> target {target:,.0f}; run directory {out}")
-    with C.StopFlag() as stop, C.Progress() as progress:
+    with C.StopFlag() as stop, C.Progress(C.MetricsLog(out)) as progress:
         try:
             if teacher_state is None:
-                teacher, teacher_hist = train_baseline(build, data, recipe, out, stop, progress)
+                teacher, teacher_hist = C.train_baseline(build, data, recipe, out, stop, progress)
             else:
                 teacher, teacher_hist = build(), None
                 teacher.load_state_dict(teacher_state)
@@ -148,7 +148,7 @@ def run_search(args, data, recipe, teacher, target, out, stop, progress):
                      batch_size=recipe.batch_size, w_lr=args.search_lr, a_lr=args.arch_lr, seed=recipe.seed,
                      augment=x.dim() == 4 and recipe.flip, crop_padding=recipe.crop_padding,
                      log=lambda s: C.say(f"  search {s}"), on_batch=progress.step,
-                     checkpoint=lambda s: save_atomic(s, ckpt), state=state, stop=stop)
+                     checkpoint=lambda s: save_atomic(s, ckpt), state=state, stop=stop, on_epoch=progress.epoch)
     C.say(f"  found: {tas.flops():,.0f} FLOPs for a target of {target:,.0f}")
     return tas, history
 
@@ -176,5 +176,5 @@ def run_distill(student, teacher, data, recipe, out, stop, progress):
     """The found network trained with knowledge distillation from the teacher (``distill.pt``)."""
     def kd(model, train, val, recipe, **kw):
         return distill(model, teacher, train, val, recipe, **kw)
-    return train_resumable(student, data, recipe, out / "distill.pt", "knowledge distillation", stop, progress,
+    return C.train_resumable(student, data, recipe, out / "distill.pt", "knowledge distillation", stop, progress,
                            train=kd)

@@ -65,12 +65,12 @@ def verdict(history: list[dict]) -> str | None:
 def search(tas, train_w, train_a, epochs: int, batch_size: int = 64, w_lr: float = 0.1, a_lr: float = 1e-3,
            tau=(10.0, 0.1), seed: int = 0, log=print, on_batch=None, checkpoint=None, state=None,
            flops_weight: float = 2.0, w_decay: float = 5e-4, a_decay: float = 1e-3, stop=None,
-           augment: bool = False, crop_padding: int = 4) -> list[dict]:
+           augment: bool = False, crop_padding: int = 4, on_epoch=None) -> list[dict]:
     """Search ``tas`` for ``epochs`` epochs of ``train_w`` (``(x, y)`` tensors; so is ``train_a``).
 
     ``on_batch(step, steps_per_epoch, weight_loss)`` is called after every step; ``stop()`` is polled
     there too and, when true, ends the search with :class:`netmorph.train.Interrupted` (resume from
-    the last epoch's checkpoint). Returns the history (one dict per epoch: tau, mean losses, argmax
+    the last epoch's checkpoint). ``on_epoch(row)`` receives each epoch's row. Returns the history (one dict per epoch: tau, mean losses, argmax
     and expected FLOPs).
     """
     from ..train import augment as crop_flip
@@ -131,6 +131,8 @@ def search(tas, train_w, train_a, epochs: int, batch_size: int = 64, w_lr: float
         row = {"epoch": epoch + 1, "tau": tas.tau, **sums, "flops": tas.flops(),
                "expected_flops": tas.expected_flops().item(), **summarize(diag), "seconds": time.time() - t0}
         log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        if on_epoch is not None:
+            on_epoch(row)
         row["distributions"] = diag
         history.append(row)
         if checkpoint is not None:
