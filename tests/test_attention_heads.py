@@ -1,5 +1,7 @@
 """Attention heads prune exactly on real transformer code built from tiny configs (nothing downloaded):
-timm's ViT, Hugging Face BERT, ViT and Llama (multi-head and grouped-query), eval mode. Heads are
+timm's ViT, Hugging Face BERT, ViT and Llama (multi-head and grouped-query), eval mode, each with its
+fused attention (``F.scaled_dot_product_attention``) and its eager one (matmul, softmax, matmul; for
+grouped-query Llama through ``repeat_kv``). Heads are
 killed by hand -- their value rows and output-projection columns zeroed, as the group-lasso source
 would -- and pruning must keep the outputs (1e-5 relative) and shrink heads whole."""
 import dataclasses
@@ -36,45 +38,48 @@ class Heads:
     v_start: int = 0
 
 
-def timm_vit():
+def timm_vit(impl="sdpa"):
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=64,
                               depth=2, num_heads=4, mlp_ratio=4, num_classes=10).eval()
+    for block in model.blocks:
+        block.attn.fused_attn = impl == "sdpa"
     return model, torch.randn(2, 3, 32, 32), lambda m: [Heads(b.attn, b.attn.qkv, b.attn.proj, b.attn.num_heads,
                                                               b.attn.head_dim, v_start=2 * b.attn.attn_dim)
                                                         for b in m.blocks]
 
 
-def _hf(name, config_cls, model_cls, key, x, heads, **config):
+def _hf(name, config_cls, model_cls, key, x, heads, impl, **config):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = getattr(transformers, config_cls)(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                               intermediate_size=256, attn_implementation="sdpa", **config)
+                                               intermediate_size=256, attn_implementation=impl, **config)
     kwargs = {"add_pooling_layer": False} if name in ("bert", "vit") else {}
     model = getattr(transformers, model_cls)(config, **kwargs).eval()
     extra = {"use_cache": False} if name.startswith("llama") else {}
     return Out(model, key, **extra).eval(), x, heads
 
 
-def bert():
+def bert(impl="sdpa"):
     return _hf("bert", "BertConfig", "BertModel", "last_hidden_state", torch.randint(0, 100, (2, 12)),
                lambda m: [Heads(l.attention.self, l.attention.self.value, l.attention.output.dense, 4, 16)
                           for l in m.model.encoder.layer],
-               vocab_size=100, max_position_embeddings=64)
+               impl, vocab_size=100, max_position_embeddings=64)
 
 
-def hf_vit():
+def hf_vit(impl="sdpa"):
     return _hf("vit", "ViTConfig", "ViTModel", "last_hidden_state", torch.randn(2, 3, 32, 32),
                lambda m: [Heads(l.attention, l.attention.v_proj, l.attention.o_proj, 4, 16) for l in m.model.layers],
-               image_size=32, patch_size=8)
+               impl, image_size=32, patch_size=8)
 
 
 def llama(kv):
-    return lambda: _hf(f"llama{kv}", "LlamaConfig", "LlamaForCausalLM", "logits", torch.randint(0, 100, (2, 12)),
-                       lambda m: [Heads(l.self_attn, l.self_attn.v_proj, l.self_attn.o_proj, 4, 16, rep=4 // kv)
-                                  for l in m.model.model.layers],
-                       vocab_size=100, max_position_embeddings=64, num_key_value_heads=kv)
+    return lambda impl="sdpa": _hf(
+        f"llama{kv}", "LlamaConfig", "LlamaForCausalLM", "logits", torch.randint(0, 100, (2, 12)),
+        lambda m: [Heads(l.self_attn, l.self_attn.v_proj, l.self_attn.o_proj, 4, 16, rep=4 // kv)
+                   for l in m.model.model.layers],
+        impl, vocab_size=100, max_position_embeddings=64, num_key_value_heads=kv)
 
 
 MODELS = {"timm_vit": timm_vit, "bert": bert, "hf_vit": hf_vit, "llama": llama(4), "llama_gqa": llama(2)}
@@ -92,9 +97,10 @@ def kill(where: Heads, heads) -> None:
             where.v.weight[where.v_start + g * d:where.v_start + (g + 1) * d] = 0
 
 
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_dead_heads_prune_exactly_and_whole(name, one_thread):
-    model, x, find = MODELS[name]()
+def test_dead_heads_prune_exactly_and_whole(name, impl, one_thread):
+    model, x, find = MODELS[name](impl)
     layers = find(model)
     for where, heads in zip(layers, KILL.get(name, ([1], [0, 2]))):
         kill(where, heads)

@@ -16,10 +16,12 @@ class Attention(nn.Module):
     """Multi-head self-attention on ``[B, N, dim]`` written the usual way. ``count``: how the head
     count is given to the split (``"-1"``, ``"attr"``: ``self.num_heads``, ``"number"``: a number
     with no attribute holding it); ``kv``: key/value heads (grouped-query when fewer);
-    ``repeat``: grouped-query written with Hugging Face's repeat_kv instead of ``enable_gqa``."""
+    ``repeat``: grouped-query written with Hugging Face's repeat_kv instead of ``enable_gqa``;
+    ``eager``: the products written out (matmul, softmax, matmul)."""
 
-    def __init__(self, dim=32, heads=4, kv=None, count="-1", mask=None, repeat=False):
+    def __init__(self, dim=32, heads=4, kv=None, count="-1", mask=None, repeat=False, eager=False):
         super().__init__()
+        self.eager = eager
         self.head_dim = dim // heads
         if count == "attr":
             self.num_heads = heads
@@ -57,7 +59,11 @@ class Attention(nn.Module):
                     for t in (k, v))
         elif rep > 1:
             gqa = {"enable_gqa": True}
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, **gqa)
+        if self.eager:
+            scores = (q * self.head_dim ** -0.5) @ k.transpose(-2, -1)
+            y = torch.matmul(scores.softmax(dim=-1), v)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, **gqa)
         return self.o(y.transpose(1, 2).reshape(B, N, -1))
 
 
@@ -96,8 +102,9 @@ def test_heads_are_one_group_of_whole_heads_tied_across_query_key_value_and_outp
     assert netmorph.count_flops(model, inp) == reference_flops(model, inp)   # attention products included
 
 
-def test_killing_value_rows_and_output_columns_prunes_whole_heads_exactly(one_thread):
-    model, inp = Attention().eval(), x()
+@pytest.mark.parametrize("eager", [False, True], ids=["sdpa", "eager"])
+def test_killing_value_rows_and_output_columns_prunes_whole_heads_exactly(eager, one_thread):
+    model, inp = Attention(eager=eager).eval(), x()
     kill_heads(model, [1, 3])
     before = model(inp)
     reg = netmorph.GroupLassoFlopsRegularizer(model, inp, threshold=0.0)
@@ -208,4 +215,25 @@ def test_expand_of_a_channel_axis_declines():
         def forward(self, t):
             return self.b(self.a(t).expand(-1, 6))
     graph = build_graph(Copy(), torch.randn(3, 4))
+    assert graph.groups[int(graph.group_of[graph.layers["a"].out[0]])].frozen is not None
+
+
+def test_eager_products_are_heads_and_count_their_flops(one_thread):
+    model, inp = Attention(eager=True).eval(), x()
+    graph = build_graph(model, inp)
+    assert heads_group(graph).width == 4 and heads_group(graph).frozen is None
+    assert netmorph.count_flops(model, inp) == reference_flops(model, inp)
+
+
+def test_matmul_with_a_weight_or_over_channels_declines():
+    class Mix(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+            self.w = nn.Parameter(torch.randn(6, 6))
+
+        def forward(self, t):
+            h = self.a(t)                                  # [B, N, 6]: channels on the last (matrix) axis
+            return self.b(h @ self.w + torch.matmul(h, h.transpose(1, 2)) @ h)
+    graph = build_graph(Mix(), torch.randn(2, 3, 4))
     assert graph.groups[int(graph.group_of[graph.layers["a"].out[0]])].frozen is not None

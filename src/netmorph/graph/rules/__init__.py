@@ -13,8 +13,8 @@ from torch import nn
 from .. import removed as _removed
 from ..record import is_conv1d, is_frozen_batchnorm
 from . import (attention, batchnorm, binary, cat, conv, conv_transpose, frozen_batchnorm, functional_layer, functional_norm,
-               groupnorm, layernorm, linear, permute, pointwise, pool, reduce, removed, repeat, resample, reshape, setitem,
-               split, unknown)
+               groupnorm, layernorm, linear, matmul, permute, pointwise, pool, reduce, removed, repeat, resample, reshape,
+               setitem, split, unknown)
 
 LAYER_RULES = {
     nn.Conv1d: conv.conv, nn.Conv2d: conv.conv, nn.Conv3d: conv.conv,
@@ -29,8 +29,8 @@ LAYER_RULES = {
 }
 
 FUNCTION_RULES = {}
-for _module in (attention, binary, cat, functional_layer, functional_norm, layernorm, permute, pointwise, pool, reduce,
-                repeat, resample, reshape, setitem, split):
+for _module in (attention, binary, cat, functional_layer, functional_norm, layernorm, matmul, permute, pointwise, pool,
+                reduce, repeat, resample, reshape, setitem, split):
     for _name in _module.NAMES:
         FUNCTION_RULES[_name] = _module.rule
 

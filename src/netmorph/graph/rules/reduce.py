@@ -1,12 +1,13 @@
-"""Spatial ``mean`` and ``sum`` keep channels apart.
+"""Spatial ``mean`` and ``sum`` keep channels apart; so does ``softmax`` along another axis.
 
 Grouping rule: output channel i is input channel i when the reduced axes do not include the channel
-axis (global average pooling written as ``x.mean((2, 3))``, with or without ``keepdim``). Reducing
-over the channel axis, or over every axis, mixes channels: the rule declines.
+axis (global average pooling written as ``x.mean((2, 3))``, with or without ``keepdim``; attention
+scores ``[B, heads, L, S]`` normalized by ``softmax(dim=-1)``: a constant channel stays constant).
+Reducing or normalizing over the channel axis, or over every axis, mixes channels: the rule declines.
 """
 from __future__ import annotations
 
-NAMES = ("mean", "sum", "amax", "amin")
+NAMES = ("mean", "sum", "amax", "amin", "softmax", "log_softmax")
 
 
 def rule(b, op) -> bool:
@@ -16,6 +17,12 @@ def rule(b, op) -> bool:
     if s is None or dims is None or len(op.outputs) != 1:
         return False
     nd = len(x.shape)
+    if op.name in ("softmax", "log_softmax"):
+        if not isinstance(dims, int) or dims % nd == s.cdim or op.outputs[0].shape != x.shape:
+            return False
+        b.set(op.outputs[0], s)
+        b.memory([x, op.outputs[0]])
+        return True
     dims = [d % nd for d in ((dims,) if isinstance(dims, int) else dims)]
     if s.cdim in dims:
         return False
