@@ -129,3 +129,83 @@ def test_query_rows_alone_do_not_kill_a_head_of_a_real_model(one_thread):
     assert reg.regularized[reg.graph.heads].all() and reg.alive()[reg.graph.heads].all()
     assert "attention heads: weight norms of the columns of model.encoder.layer.0.attention.output.dense" in \
         netmorph.explain(model, x)
+
+
+class MhaNet(nn.Module):
+    """A linear embedding, ``nn.MultiheadAttention`` with a residual, a linear head."""
+
+    def __init__(self, batch_first=True, bias=True):
+        super().__init__()
+        self.emb = nn.Linear(8, 32)
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=batch_first, bias=bias)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x, padding=None):
+        h = self.emb(x)
+        a, _ = self.attn(h, h, h, key_padding_mask=padding)
+        return self.head(h + a)
+
+
+def padding():
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[1, 4:] = True                                # two padded keys in the second sequence
+    return mask
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_split_multihead_attention_computes_the_same_and_prunes_heads_exactly(batch_first, one_thread):
+    torch.manual_seed(0)
+    model = MhaNet(batch_first).eval()
+    x = torch.randn(2, 6, 8) if batch_first else torch.randn(6, 2, 8)
+    assert "netmorph.split_attention(model) makes" in netmorph.explain(model, x)    # torch's module: frozen
+    split = netmorph.split_attention(model)
+    assert isinstance(model.attn, nn.MultiheadAttention) and isinstance(split.attn, netmorph.SplitMultiheadAttention)
+    with torch.no_grad():                             # eval without gradients: torch's fused fast path
+        for args in ((x,), (x, padding())):
+            assert (split(*args) - model(*args)).abs().max() <= 1e-5 * model(*args).abs().max()
+    with torch.no_grad():
+        split.attn.out_proj.weight[:, 8:24] = 0       # heads 1 and 2: output columns (value rows left as they are)
+    before = split(x)
+    reg = netmorph.GroupLassoFlopsRegularizer(split, x, threshold=0.0)
+    small = netmorph.prune(split, reg)
+    assert (small(x) - before).abs().max() <= 1e-5 * before.abs().max()
+    assert small.attn.num_heads == 2 and small.attn.head_dim == 8 and small.attn.embed_dim == 32
+    assert small.attn.q_proj.weight.shape == (16, 32) and small.attn.out_proj.weight.shape == (32, 16)
+    assert netmorph.count_flops(small, x) == reg.cost() == reference_flops(small, x)
+
+
+def test_split_transformer_encoder_layer_keeps_its_output_and_exposes_heads(one_thread):
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True).eval()
+    x = torch.randn(2, 6, 32)
+    split = netmorph.split_attention(layer)
+    with torch.no_grad():
+        assert (split(x) - layer(x)).abs().max() <= 1e-5 * layer(x).abs().max()
+        assert (split(x, src_key_padding_mask=padding()) - layer(x, src_key_padding_mask=padding()))[0].abs().max() \
+            <= 1e-5 * layer(x).abs().max()            # (torch's fused path zeroes padded positions: row 0 has none)
+    from netmorph.graph import build_graph
+    graph = build_graph(split, x)
+    assert sorted(g.width for g in graph.groups if g.frozen is None) == [4, 64]
+
+
+def test_split_attention_weights_freeze_the_heads_and_extra_keys_are_refused():
+    torch.manual_seed(0)
+
+    class Weights(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+
+        def forward(self, x):
+            y, w = self.attn(x, x, x)
+            return y, w
+    model, x = Weights().eval(), torch.randn(2, 5, 16)
+    kept = netmorph.split_attention(model, weights=True)
+    with torch.no_grad():
+        for a, b in zip(kept(x), model(x)):
+            assert torch.allclose(a, b, atol=1e-6)
+    from netmorph.graph import build_graph
+    assert all(g.frozen is not None for g in build_graph(kept, x).groups)   # averaged over heads: no head may go
+    assert netmorph.split_attention(model)(x)[1] is None
+    with pytest.raises(ValueError, match="add_bias_kv or add_zero_attn"):
+        netmorph.split_attention(nn.MultiheadAttention(16, 2, add_bias_kv=True))

@@ -7,6 +7,7 @@ topology ties together. Costs, regularizers, pruning, expansion and search all r
 # ``netmorph --version`` reports the installed distribution's, which is this one.
 __version__ = "0.1.0"
 
+from .attention import SplitMultiheadAttention, split_attention
 from .costs import HARDWARE, RESOURCES, Hardware, count_flops, count_params
 from .expand import expand
 from .explain import explain
@@ -30,4 +31,5 @@ __all__ = [
     "GammaFlopsRegularizer", "GammaModelSizeRegularizer", "GammaLatencyRegularizer",
     "TAS", "kd_loss", "distill", "GroupLassoFlopsRegularizer", "GroupLassoModelSizeRegularizer", "GroupLassoLatencyRegularizer",
     "DeviceProfile", "profile", "export_onnx", "export_program", "StructureLearner",
+    "split_attention", "SplitMultiheadAttention",
 ]

@@ -3,8 +3,9 @@
 Three resources (METHODS.md 1.2 and 1.5), each a sum over ops:
 
 - ``"flops"``: ``2 x MACs`` of every convolution and matrix product, for the example inputs as given
-  (batch included). Terms a rule understands are ``coef * alive_in * alive_out``; everything else
-  (frozen layers, attention products) is a constant measured by ``torch.utils.flop_counter``.
+  (batch included). Terms a rule understands are ``coef * alive_in * alive_out``; attention products
+  cost the same per head (``coef * alive_heads``); everything else (frozen layers and ops) is a constant
+  measured by ``torch.utils.flop_counter`` (plus :data:`netmorph.graph.record.FLOP_FORMULAS`).
 - ``"size"``: weights of convolutions and linear layers, ``kernel * alive_in * alive_out``.
 - ``"latency"``: nanoseconds. With a :class:`Hardware` a roofline, per op ``max(flops / peak,
   bytes / bandwidth)``, where bytes are the op's input and output activations (alive channels only)

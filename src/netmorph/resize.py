@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .graph import ChannelGraph, GraphRecordError, build_graph
+from .graph.channel_graph import reads_columns
 from .graph.record import is_conv1d, unwrap
 from .graph.removed import ConstantOutput, RemovedNorm, Vanished
 from .init import matched_init
@@ -133,7 +134,8 @@ def _has_weight(module: nn.Module) -> bool:
 
 
 def importance(model: nn.Module, graph: ChannelGraph) -> np.ndarray:
-    """Per channel: max over its members of |gamma| (BN-like) or, lacking any, the weight-row RMS."""
+    """Per channel: max over its members of |gamma| (BN-like) or, lacking any, the weight-row RMS (for an
+    attention head, the RMS of the output projection's columns reading it, as the group-lasso source)."""
     value = np.zeros(graph.n_channels)
     has_bn = np.zeros(graph.n_channels, dtype=bool)
     with torch.no_grad():
@@ -141,13 +143,18 @@ def importance(model: nn.Module, graph: ChannelGraph) -> np.ndarray:
             g = model.get_submodule(name).weight.detach().abs().double().cpu().numpy()
             np.maximum.at(value, cls, g[ch])
             has_bn[cls] = True
+        heads = graph.heads if len(graph.heads) == graph.n_channels else np.zeros(graph.n_channels, dtype=bool)
         for layer in graph.layers.values():
             if getattr(layer.module, "weight", None) is None:
                 continue
-            rms = out_rows(layer.module).detach().double().pow(2).mean(1).sqrt().cpu().numpy()
+            w = out_rows(layer.module).detach().double()
+            rms = w.pow(2).mean(1).sqrt().cpu().numpy()
             cls = layer.out
-            keep = ~has_bn[cls]
+            keep = ~has_bn[cls] & ~heads[cls]
             np.maximum.at(value, cls[keep], rms[keep])
+            cols = heads[layer.inputs] if reads_columns(layer.module) else np.zeros(len(layer.inputs), dtype=bool)
+            if cols.any():                            # a head: the output projection's columns reading it
+                np.maximum.at(value, layer.inputs[cols], w.t().pow(2).mean(1).sqrt().cpu().numpy()[cols])
     return value
 
 

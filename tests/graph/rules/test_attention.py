@@ -237,3 +237,12 @@ def test_matmul_with_a_weight_or_over_channels_declines():
             return self.b(h @ self.w + torch.matmul(h, h.transpose(1, 2)) @ h)
     graph = build_graph(Mix(), torch.randn(2, 3, 4))
     assert graph.groups[int(graph.group_of[graph.layers["a"].out[0]])].frozen is not None
+
+
+def test_apply_structure_keeps_the_heads_whose_output_columns_are_largest(one_thread):
+    model, inp = Attention().eval(), x()
+    with torch.no_grad():
+        model.o.weight[:, 0:8] *= 0.01                 # head 0: tiny output columns, large query rows
+        model.q.weight[0:8] *= 100
+    narrow = netmorph.apply_structure(model, {"q": 24}, example_inputs=inp)
+    assert torch.equal(narrow.o.weight, model.o.weight[:, 8:])

@@ -10,12 +10,15 @@ from __future__ import annotations
 from torch import nn
 
 _NORMS = (nn.modules.batchnorm._NormBase,)
+#: What to do about some ops without a rule.
+HINTS = {"multi_head_attention_forward": "netmorph.split_attention(model) makes nn.MultiheadAttention's heads prunable"}
 
 
 def freeze_op(b, op, why: str) -> None:
     where = f" in '{op.scope}'" if op.scope else ""
     label = f"{op.module_name} ({op.name})" if op.module_name else f"'{op.name}'"
-    reason = f"touched by op {label}{where}: {why}"
+    hint = HINTS.get(op.name)
+    reason = f"touched by op {label}{where}: {why}" + (f" ({hint})" if hint and why == "no rule for this op" else "")
     inputs = b.tensors(op)
     for v in inputs:
         s = b.get(v)
