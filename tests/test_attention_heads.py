@@ -6,6 +6,8 @@ killed by hand -- their value rows and output-projection columns zeroed, as the 
 would -- and pruning must keep the outputs (1e-5 relative) and shrink heads whole."""
 import dataclasses
 
+import numpy as np
+
 import pytest
 import torch
 from torch import nn
@@ -209,3 +211,22 @@ def test_split_attention_weights_freeze_the_heads_and_extra_keys_are_refused():
     assert netmorph.split_attention(model)(x)[1] is None
     with pytest.raises(ValueError, match="add_bias_kv or add_zero_attn"):
         netmorph.split_attention(nn.MultiheadAttention(16, 2, add_bias_kv=True))
+
+
+def test_adam_preconditioner_reads_heads_from_their_output_columns(one_thread):
+    """A head's pull in Adam's metric is averaged over the members the regularizer reads: the output
+    projection's columns (not the query / key / value rows)."""
+    torch.manual_seed(0)
+    model, x = MhaNet().eval(), torch.randn(2, 6, 8)
+    split = netmorph.split_attention(model)
+    reg = netmorph.GroupLassoFlopsRegularizer(split, x, threshold=0.0)
+    opt = torch.optim.Adam(split.parameters(), lr=1e-3)
+    split(x).square().mean().backward()
+    opt.step()
+    scale = reg.preconditioner(opt)
+    heads = reg.graph.heads & reg.regularized
+    assert scale is not None and scale.shape == (reg.graph.n_channels,) and heads.sum() == 4
+    v = opt.state[split.attn.out_proj.weight]["exp_avg_sq"] / (1 - 0.999)
+    columns = (1 / (v.sqrt() + 1e-8)).mean(0).reshape(4, 8).mean(1).double().numpy()
+    head_ids = np.flatnonzero(reg.graph.heads)
+    assert np.allclose(scale[head_ids] / scale[head_ids].mean(), columns / columns.mean())

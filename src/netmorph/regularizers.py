@@ -208,8 +208,8 @@ class _Regularizer:
         where a channel with large gradients resists it and one with small gradients gives way.
         """
         per_member = []
-        for m, _ in self._sources:
-            p = m.weight
+        for src in self._sources:
+            m, p = src[0], src[0].weight
             st = optimizer.state.get(p) if hasattr(optimizer, "state") else None
             if not st or "exp_avg_sq" not in st:
                 return None
@@ -220,7 +220,7 @@ class _Regularizer:
             step = float(st.get("step", 1))
             v = st["exp_avg_sq"].detach().double().cpu() / max(1e-12, 1 - beta2 ** max(step, 1.0))
             pre = 1.0 / (v.sqrt() + eps)
-            per_member.append(pre if self.family == "gamma" else out_rows(m, pre).mean(1))
+            per_member.append(pre if self.family == "gamma" else src.matrix(pre).mean(1))   # rows or head columns
         flat = torch.cat(per_member)
         index = self._index
         sums = torch.zeros(self.graph.n_channels, dtype=flat.dtype).index_add_(0, index, flat)
@@ -466,7 +466,7 @@ class _Block(tuple):
     def matrix(self, w: torch.Tensor | None = None) -> torch.Tensor:
         """One row per member: its output row, or its input column (over every output), of the
         layer's weight (or of ``w``, a tensor laid out like it: an optimizer's state)."""
-        w = out_rows(self.module) if w is None else _rows_of(self.module, w)
+        w = out_rows(self.module, w)
         index = torch.as_tensor(self.index, device=w.device)
         return w[index] if self.kind == "rows" else w.t()[index]
 
@@ -480,16 +480,6 @@ class _Block(tuple):
         else:
             w[:, index] = rows.to(w).t()
         set_out_rows(self.module, w)
-
-
-def _rows_of(m: nn.Module, w: torch.Tensor) -> torch.Tensor:
-    """``w`` (laid out like ``m.weight``) as ``[out_channels, fan]``, as :func:`out_rows` lays the weight."""
-    weight = m.weight
-    try:
-        m.weight = w
-        return out_rows(m)
-    finally:
-        m.weight = weight
 
 
 def out_rows(m: nn.Module, w: torch.Tensor | None = None) -> torch.Tensor:
