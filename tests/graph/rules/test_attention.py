@@ -41,20 +41,18 @@ class Attention(nn.Module):
     def num_key_value_heads(self):
         return self.k.out_features // self.head_dim
 
-    def split(self, t, heads):
+    def split(self, t, query):
         B, N, _ = t.shape
-        n = {"-1": -1, "attr": getattr(self, "num_heads", -1), "number": self.written}[self.count] \
-            if t.shape[-1] == self.q.out_features else -1
+        n = {"-1": -1, "attr": getattr(self, "num_heads", -1), "number": self.written}[self.count] if query else -1
         return t.view(B, N, n, self.head_dim).transpose(1, 2)
 
     def forward(self, x):
         B, N, _ = x.shape
-        q, k, v = self.split(self.q(x), self.heads), self.split(self.k(x), self.num_key_value_heads), \
-            self.split(self.v(x), self.num_key_value_heads)
-        rep = self.heads // self.num_key_value_heads
+        q, k, v = self.split(self.q(x), True), self.split(self.k(x), False), self.split(self.v(x), False)
+        rep = q.shape[1] // max(1, k.shape[1])
         gqa = {}
         if rep > 1 and self.repeat:
-            kv = self.num_key_value_heads
+            kv = k.shape[1]
             k, v = (t[:, :, None].expand(B, kv, rep, N, self.head_dim).reshape(B, kv * rep, N, self.head_dim)
                     for t in (k, v))
         elif rep > 1:
@@ -191,8 +189,17 @@ def test_head_count_as_an_attribute_is_updated_and_as_a_bare_number_freezes(one_
     assert small.num_heads == 3 and model.num_heads == 4 and small(inp).shape == inp.shape
     bare = Attention(count="number").eval()
     graph = build_graph(bare, inp)
-    assert "head count written as a number" in heads_group(graph).frozen
+    assert "with the count written as a number" in heads_group(graph).frozen
     assert "write the head count as -1" in netmorph.explain(bare, inp)
+    computed = Attention().eval()                       # -1 heads of a head_dim no attribute holds
+    computed.size = computed.__dict__.pop("head_dim")
+    computed.split = lambda t, query: t.view(*t.shape[:2], -1, computed.size).transpose(1, 2)
+    type(computed).head_dim = property(lambda self: self.size)
+    try:
+        assert "has no attribute (head_dim, attention_head_size, head_size, ...) holding 8" in \
+            heads_group(build_graph(computed, inp)).frozen
+    finally:
+        del type(computed).head_dim
 
 
 def test_apply_structure_and_expand_change_heads_in_multiples_of_head_dim(one_thread):
@@ -246,3 +253,23 @@ def test_apply_structure_keeps_the_heads_whose_output_columns_are_largest(one_th
         model.q.weight[0:8] *= 100
     narrow = netmorph.apply_structure(model, {"q": 24}, example_inputs=inp)
     assert torch.equal(narrow.o.weight, model.o.weight[:, 8:])
+
+
+def test_every_head_dead_removes_the_attention_and_leaves_its_output_bias(one_thread):
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = Attention()
+
+        def forward(self, t):
+            return t + self.attn(t)
+    model, inp = Residual().eval(), x()
+    kill_heads(model.attn, range(4))
+    before = model(inp)
+    small = netmorph.prune(model, netmorph.GroupLassoFlopsRegularizer(model, inp, threshold=0.0))
+    assert (small(inp) - before).abs().max() <= 1e-5 * before.abs().max()
+    assert small.netmorph_report.layers_vanished == ["attn.q", "attn.k", "attn.v"]
+    assert small.netmorph_report.layers_constant == ["attn.o"]
+    alone = Attention().eval()                          # no residual: a plain chain keeps one head
+    kill_heads(alone, range(4))
+    assert netmorph.prune(alone, netmorph.GroupLassoFlopsRegularizer(alone, inp, threshold=0.0)).q.weight.shape == (8, 32)

@@ -15,9 +15,11 @@ Grouping rule for splits into heads: a channel axis of ``C`` split into ``(..., 
 ties every position of head h -- its ``head_dim`` rows, in every leading block -- into one channel,
 and the head axis becomes the channel axis: heads change whole, never inside (``head_dim`` sets the
 softmax scale and RoPE's pairs). Pruned, the split must still cut heads of ``head_dim``: either the
-head count is ``-1`` and ``head_dim`` a number, or the head count is an int attribute of the module
-calling it (``num_heads``, ``num_attention_heads``, ... see :data:`HEAD_ATTRS`), which netmorph sets
-to the new count. Otherwise the op is frozen, saying so. Attributes of that module that hold the head
+head count is ``-1`` and ``head_dim`` an int attribute of the module calling it (``head_dim``,
+``attention_head_size``, ... :data:`HEAD_DIM_ATTRS`: a number recorded in the call could have been
+computed from the width), or the head count is such an attribute (``num_heads``,
+``num_attention_heads``, ... :data:`HEAD_ATTRS`), which netmorph sets to the new count (a wrong
+count then fails loudly). Otherwise the op is frozen, saying so. Attributes of that module that hold the head
 count or the heads' total width (:data:`WIDTH_ATTRS`) are recorded and updated with the widths.
 Any other reshape declines.
 """
@@ -32,6 +34,9 @@ NAMES = ("flatten", "view", "reshape", "squeeze", "unsqueeze")
 #: Int attributes of an attention module that hold its number of (query or key/value) heads.
 HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "num_key_value_heads", "num_kv_heads",
               "n_kv_heads")
+#: Int attributes that hold the width of one head (a head count of -1 needs one: the size is then no
+#: function of the width).
+HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size", "d_head", "dim_head", "d_k")
 #: Int attributes that hold the total width of its heads (heads x head_dim).
 WIDTH_ATTRS = ("attn_dim", "all_head_size", "inner_dim")
 
@@ -99,12 +104,19 @@ def _split_heads(b, op, x, s: Slots, dst: tuple, k: int) -> bool:
     head_axis, dim_axis = s.cdim + k - 1, s.cdim + k
     heads, head_dim = dst[head_axis], dst[dim_axis]
     names = _attributes(b, op, heads, HEAD_ATTRS)
+    where = f"'{op.scope}'" if op.scope else "the model"
+    why = None
     if sizes[head_axis] != -1 and not names:
+        why = (f"it splits channels into {heads} blocks (heads) of {head_dim} with the count written as a number, and "
+               f"{where} has no attribute ({', '.join(HEAD_ATTRS[:3])}, ...) holding it that netmorph could update; "
+               "write the head count as -1 to make the heads prunable")
+    elif sizes[head_axis] == -1 and not _attributes(b, op, head_dim, HEAD_DIM_ATTRS):
+        why = (f"it splits channels into blocks (heads) of {head_dim}, and {where} has no attribute "
+               f"({', '.join(HEAD_DIM_ATTRS[:3])}, ...) holding {head_dim}: a size computed from the width would "
+               "change with it")
+    if why is not None:
         from .unknown import freeze_op
-        where = f"'{op.scope}'" if op.scope else "the model"
-        freeze_op(b, op, f"it splits channels into {heads} heads of {head_dim} with the head count written as a "
-                         f"number, and {where} has no attribute ({', '.join(HEAD_ATTRS[:3])}, ...) holding it that "
-                         "netmorph could update; write the head count as -1 to make the heads prunable")
+        freeze_op(b, op, why)
         return True
     head_of = (np.arange(len(s.elems)) // head_dim) % heads
     for h in range(heads):
