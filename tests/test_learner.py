@@ -35,7 +35,7 @@ def test_a_plain_loop_with_the_learner_learns_what_regularize_learns():
     steps = math.ceil(len(train[0]) / recipe.batch_size)
     learner = StructureLearner(ours, example, shrink="50%", total_steps=recipe.epochs * steps,
                                check_every=steps // 8, log=lambda s: None)
-    learner.state["strength"] = initial_strength(learner.reg, recipe, len(train[0]), 0.5 * full, 0.6)
+    learner.state["strength"] = initial_strength(learner.reg, recipe, steps, 0.5 * full, 0.6)
     no_decay = {id(p) for p in learner.no_decay_parameters()}
     opt = torch.optim.SGD([{"params": [p for p in ours.parameters() if id(p) not in no_decay], "weight_decay": 5e-4},
                            {"params": [p for p in ours.parameters() if id(p) in no_decay], "weight_decay": 0.0}],

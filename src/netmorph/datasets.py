@@ -103,6 +103,48 @@ def _images(files, size: int) -> torch.Tensor:
     return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255)
 
 
+class ImageFiles:
+    """The images of a folder split, read from disk when indexed: ``x[batch_indices]`` (or a slice)
+    decodes, resizes and normalizes those files only, so a folder larger than memory trains batch by
+    batch. It stands in for the ``[N, 3, S, S]`` tensor the training loop, evaluation and the command
+    index (``len``, ``shape``, ``dim()``, indexing); :meth:`subset` is a lazy selection (TAS's halves)."""
+
+    def __init__(self, files, size: int, mean: torch.Tensor, std: torch.Tensor):
+        self.files, self.size, self.mean, self.std = list(files), size, mean, std
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def shape(self) -> tuple:
+        return (len(self.files), 3, self.size, self.size)
+
+    def dim(self) -> int:
+        return 4
+
+    def _indices(self, index) -> list[int]:
+        if isinstance(index, slice):
+            return list(range(len(self.files)))[index]
+        if isinstance(index, int):
+            return [index]
+        return [int(i) for i in torch.as_tensor(index).reshape(-1).tolist()]
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, tuple):                  # x[rows, ...]: the rows read, then the rest applied
+            rows = self[index[0]]
+            return rows[((slice(None),) if rows.dim() == 4 else ()) + index[1:]]
+        x = _images([self.files[i] for i in self._indices(index)], self.size)
+        return ((x - self.mean) / self.std)[0] if isinstance(index, int) else (x - self.mean) / self.std
+
+    def subset(self, index) -> "ImageFiles":
+        return ImageFiles([self.files[i] for i in self._indices(index)], self.size, self.mean, self.std)
+
+
+def select(x, index):
+    """``x[index]``: rows of a tensor, or a lazy selection of :class:`ImageFiles`."""
+    return x.subset(index) if isinstance(x, ImageFiles) else x[index]
+
+
 def _listing(root: Path):
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     files, labels = [], []
@@ -137,9 +179,14 @@ def load_folder(path: str, seed: int = 0, image_size: int = 32) -> Dataset:
     if len(classes) < 2 or any(len(p[0]) == 0 for p in parts):
         raise ValueError(f"image folder {path} needs at least 2 class sub-directories with images in each split "
                          f"(found {len(classes)} classes, split sizes {[len(p[0]) for p in parts]})")
-    xs = [_images(f, image_size) for f, _ in parts]
-    xs = [_normalize(x, xs[0]) for x in xs]
-    data = [(x, torch.from_numpy(lab)) for x, (_, lab) in zip(xs, parts)]
+    # the images stay on disk and are read batch by batch; the per-channel mean and std are those of up
+    # to 1,000 training images spread evenly over the split
+    train_files = parts[0][0]
+    sample = _images([train_files[i] for i in np.linspace(0, len(train_files) - 1, min(1000, len(train_files)),
+                                                          dtype=int)], image_size)
+    mean = sample.mean(dim=(0, 2, 3), keepdim=True)
+    std = sample.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    data = [(ImageFiles(f, image_size, mean, std), torch.from_numpy(lab)) for f, lab in parts]
     recipe = Recipe(epochs=15, batch_size=64, lr=0.05, crop_padding=max(1, image_size // 8), seed=seed)
     return Dataset(f"folder:{root.name}", *data, len(classes), recipe)
 

@@ -35,6 +35,7 @@ from .structure import Structure
 from .surgery import prune
 from . import dist, faults
 from .train import (Interrupted, Recipe, evaluate as accuracy, fit, learning_rate, load_training_state, make_optimizer,
+                    steps_per_epoch,
                     train_epoch, training_state)
 
 FAMILY = {("gamma", "flops"): R.GammaFlopsRegularizer, ("gamma", "size"): R.GammaModelSizeRegularizer,
@@ -143,10 +144,10 @@ def save_atomic(obj, path) -> None:
         raise err from exc
 
 
-def initial_strength(reg, recipe: Recipe, n_train: int, target: float, approach: float) -> float:
+def initial_strength(reg, recipe: Recipe, steps: int, target: float, approach: float) -> float:
     """A first strength (in units of 1 / cost) at which the proximal steps of the first ``approach``
-    of training would pull an average channel's value down by ``1 - target/cost`` of itself."""
-    steps = math.ceil(n_train / recipe.batch_size)
+    of training (``steps`` an epoch) would pull an average channel's value down by ``1 - target/cost``
+    of itself."""
     lr_sum = sum(learning_rate(t, steps * recipe.epochs, recipe) for t in range(int(approach * steps * recipe.epochs)))
     return first_strength(reg, lr_sum, target)
 
@@ -171,7 +172,7 @@ def regularize(model, train, val, example_inputs, target: float, recipe: Recipe,
     channels revived, and ``widths``: the alive output channels per layer).
     """
     recipe = dataclasses.replace(recipe, schedule=schedule)
-    steps = math.ceil(len(train[0]) / recipe.batch_size)
+    steps = steps_per_epoch(train, recipe.batch_size)
     learner = StructureLearner(model, example_inputs, target=target, resource=resource, hardware=hardware,
                                total_steps=recipe.epochs * steps, approach=approach, factor=step, checks=checks,
                                check_every=max(1, steps // checks), log=log)
@@ -179,7 +180,7 @@ def regularize(model, train, val, example_inputs, target: float, recipe: Recipe,
     gen = torch.Generator().manual_seed(recipe.seed)
     if state is None:
         learner.state["strength"] = strength if strength is not None else \
-            initial_strength(learner.reg, recipe, len(train[0]), target, approach)
+            initial_strength(learner.reg, recipe, steps, target, approach)
         state = {"epoch": 0, "position": None}
     else:
         load_training_state(state, model, opt, gen)
@@ -193,13 +194,13 @@ def regularize(model, train, val, example_inputs, target: float, recipe: Recipe,
     stepper = dist.wrap(model)
     for epoch in range(state["epoch"], recipe.epochs):
         try:
-            train_epoch(stepper, opt, *train, recipe, epoch, gen, on_batch=on_batch, position=state["position"],
+            train_epoch(stepper, opt, train, recipe, epoch, gen, on_batch=on_batch, position=state["position"],
                         stop=stop, after_step=lambda s, lr: learner.step(lr))
         except Interrupted as exc:
             save(exc.position)
             raise
         state["position"] = None
-        row = learner.evaluate(lambda: dist.mean(accuracy(model, *val)))
+        row = learner.evaluate(lambda: dist.mean(accuracy(model, val)))
         log(f"epoch {epoch + 1}/{recipe.epochs}: alive {resource} {row['cost']:,.0f} "
             f"({row['cost'] / learner.state['initial']:.0%}), target path {learner.path((epoch + 1) * steps):,.0f}, "
             f"strength {row['strength']:.3g}/cost, val acc {row['metric']:.4f}"

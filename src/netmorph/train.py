@@ -88,11 +88,47 @@ def load_training_state(state: dict, model: nn.Module, opt, generator: torch.Gen
         torch.set_rng_state(state["torch_rng"])
 
 
+def is_loader(data) -> bool:
+    """Whether ``data`` is an iterable of ``(inputs, targets)`` batches (a ``DataLoader``) rather than
+    the pair of tensors ``(x, y)``."""
+    return not (isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[1])
+                and (torch.is_tensor(data[0]) or hasattr(data[0], "shape")))    # a tensor or datasets.ImageFiles
+
+
+def steps_per_epoch(data, batch_size: int) -> int:
+    """Optimizer steps in an epoch of ``data``: ``(x, y)`` tensors cut in batches, or a loader's length."""
+    if not is_loader(data):
+        return math.ceil(len(data[0]) / batch_size)
+    try:
+        return len(data)
+    except TypeError:
+        raise ValueError(f"training data must have a length (the steps in an epoch) for the schedule and the "
+                         f"structure controller; this {type(data).__name__} has none. Give an iterable dataset "
+                         "a __len__, or wrap it in a DataLoader of a map-style dataset") from None
+
+
+def _pair(batch, what: str):
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise ValueError(f"each batch of the {what} data must be a pair (inputs, targets), got {type(batch).__name__}"
+                     + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else ""))
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
-    """Top-1 accuracy of ``model`` (in eval mode) on ``x, y``."""
+def evaluate(model: nn.Module, x, y: torch.Tensor | None = None, batch_size: int = 500) -> float:
+    """Top-1 accuracy of ``model`` (in eval mode) on ``x, y``, or on the batches of a loader ``x``."""
     was = model.training
     model.eval()
+    if y is None and is_loader(x):
+        correct = n = 0
+        for batch in x:
+            xb, yb = _pair(batch, "validation")
+            correct += (model(xb).argmax(1) == yb).sum().item()
+            n += len(yb)
+        model.train(was)
+        return correct / max(1, n)
+    if y is None:
+        x, y = x
     correct = sum((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
                   for i in range(0, len(x), batch_size))
     model.train(was)
@@ -113,7 +149,35 @@ def cross_entropy(outputs, inputs, targets):
     return nn.functional.cross_entropy(outputs, targets)
 
 
-def train_epoch(model, opt, x, y, recipe: Recipe, epoch: int, generator: torch.Generator,
+def _loader_batches(data, position: dict | None, state: dict):
+    """The batches of a loader for one epoch, from ``position["step"]`` on when resuming.
+
+    The loader's order is drawn when its iterator is made, from torch's global generator (a
+    ``DataLoader`` with ``shuffle=True`` and no generator of its own) or from its own generator: both
+    are recorded at the start of the epoch in ``state`` and, on resume, put back, the iterator made
+    again and the batches before the position read and dropped (a lazily read dataset reads them
+    again), then torch's generator is set back to where the interrupted run was."""
+    own = getattr(data, "generator", None)
+    if position is None:
+        state["epoch_rng"] = torch.get_rng_state()
+        state["loader_rng"] = own.get_state() if own is not None else None
+        first = 0
+    else:
+        state["epoch_rng"], state["loader_rng"] = position["epoch_rng"], position.get("loader_rng")
+        first, now = position["step"], torch.get_rng_state()
+        torch.set_rng_state(state["epoch_rng"])
+        if own is not None and state["loader_rng"] is not None:
+            own.set_state(state["loader_rng"])
+    it = iter(data)
+    for i in range(first):
+        next(it)
+    if first:
+        torch.set_rng_state(now)
+    for i, batch in enumerate(it, start=first):
+        yield i, batch
+
+
+def train_epoch(model, opt, data, recipe: Recipe, epoch: int, generator: torch.Generator,
                 on_batch: Callable | None = None, criterion=cross_entropy, position: dict | None = None,
                 stop: Callable[[], bool] | None = None, after_step: Callable[[int, float], object] | None = None) -> float:
     """One epoch of the recipe; returns the mean training loss.
@@ -122,6 +186,10 @@ def train_epoch(model, opt, x, y, recipe: Recipe, epoch: int, generator: torch.G
     the start of training and that step's learning rate (a regularizer's proximal step, a
     :class:`~netmorph.learner.StructureLearner`'s ``step``).
 
+    ``data``: ``(x, y)`` tensors (batches of ``recipe.batch_size`` in an order drawn from
+    ``generator``, cropped and flipped as the recipe says), or a loader of ``(inputs, targets)``
+    batches used as they come (its own batch size, order and augmentation).
+
     ``position`` (from an :class:`Interrupted`) continues an epoch stopped half-way: the same
     batch order, the generator state and the losses so far, so the result equals an uninterrupted
     epoch. ``stop()`` is polled after every step. Under ``torch.distributed`` every rank draws the
@@ -129,23 +197,28 @@ def train_epoch(model, opt, x, y, recipe: Recipe, epoch: int, generator: torch.G
     """
     from . import dist
     model.train()
-    steps_per_epoch = math.ceil(len(x) / recipe.batch_size)
-    total = recipe.epochs * steps_per_epoch
+    steps = steps_per_epoch(data, recipe.batch_size)
+    total = recipe.epochs * steps
+    loader, where = is_loader(data), {}
     if position is None:
-        order, first, losses = torch.randperm(len(x), generator=generator), 0, []
+        first, losses = 0, []
+        order = None if loader else torch.randperm(len(data[0]), generator=generator)
     else:
-        order, first, losses = position["order"], position["step"], list(position["losses"])
+        order, first, losses = position.get("order"), position["step"], list(position["losses"])
         generator.set_state(position["generator"])
+    batches = _loader_batches(data, position, where) if loader else \
+        ((i, idx) for i, idx in enumerate(order.split(recipe.batch_size)) if i >= first)
     rank, world = dist.rank(), dist.world_size()
-    for i, idx in enumerate(order.split(recipe.batch_size)):
-        if i < first:
-            continue
-        step = epoch * steps_per_epoch + i
+    for i, batch in batches:
+        step = epoch * steps + i
         lr = learning_rate(step, total, recipe)
         for group in opt.param_groups:
             group["lr"] = lr
-        xb = augment(x[idx], recipe.crop_padding, recipe.flip, generator)
-        yb = y[idx]
+        if loader:
+            xb, yb = _pair(batch, "training")
+        else:
+            xb = augment(data[0][batch], recipe.crop_padding, recipe.flip, generator)
+            yb = data[1][batch]
         if world > 1:
             xb, yb = xb[rank::world], yb[rank::world]
         loss = criterion(model(xb), xb, yb)
@@ -159,10 +232,10 @@ def train_epoch(model, opt, x, y, recipe: Recipe, epoch: int, generator: torch.G
             after_step(step, lr)
         losses.append(dist.mean(loss.item()))
         if on_batch is not None:
-            on_batch(i, steps_per_epoch, losses[-1])
-        if stop is not None and dist.any_true(stop()) and i + 1 < steps_per_epoch:
+            on_batch(i, steps, losses[-1])
+        if stop is not None and dist.any_true(stop()) and i + 1 < steps:
             raise Interrupted({"epoch": epoch, "step": i + 1, "order": order, "losses": losses,
-                               "generator": generator.get_state()})
+                               "generator": generator.get_state(), **where})
     return sum(losses) / max(1, len(losses))
 
 
@@ -187,14 +260,14 @@ def fit(model, train, val, recipe: Recipe, reg=None, strength: float = 0.0, log=
     for epoch in range(start_epoch, recipe.epochs):
         t = time.time()
         try:
-            loss = train_epoch(stepper, opt, *train, recipe, epoch, generator, on_batch, criterion, position, stop,
+            loss = train_epoch(stepper, opt, train, recipe, epoch, generator, on_batch, criterion, position, stop,
                                after_step=pull)
         except Interrupted as exc:
             if checkpoint is not None:
                 checkpoint(epoch, opt, generator, history, exc.position)
             raise
         position = None
-        row = {"epoch": epoch + 1, "loss": loss, "val_acc": dist.mean(evaluate(model, *val)),
+        row = {"epoch": epoch + 1, "loss": loss, "val_acc": dist.mean(evaluate(model, val)),
                "seconds": time.time() - t}
         if reg is not None:
             row["cost"] = reg.cost()

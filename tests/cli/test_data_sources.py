@@ -59,9 +59,32 @@ def test_image_folder_is_split_80_10_10_per_class_and_runs_end_to_end(tmp_path):
     assert run_cli("morph", "--data", f"folder:{tmp_path / 'pics'}", "--image-size", "8", "--epochs", "2",
                    "--no-baseline", "--out", out) == 0
     assert (out / "metrics.json").exists()
+    # TAS too: its search reads the two halves of the training split lazily
+    assert run_cli("tas", "--data", f"folder:{tmp_path / 'pics'}", "--image-size", "8", "--epochs", "1",
+                   "--search-epochs", "1", "--out", tmp_path / "tas") == 0
+    assert (tmp_path / "tas" / "metrics.json").exists()
     with pytest.raises(ValueError, match="at least 2 class"):
         (tmp_path / "one" / "only").mkdir(parents=True)
         load_data(f"folder:{tmp_path / 'one'}")
+
+
+def test_image_folder_is_read_batch_by_batch_not_loaded_whole(tmp_path, monkeypatch):
+    pytest.importorskip("PIL", reason="folder data are read with Pillow")
+    import netmorph.datasets as D
+    _folder(tmp_path / "pics")
+    reads = []
+    real = D._images
+    monkeypatch.setattr(D, "_images", lambda files, size: reads.append(len(files)) or real(files, size))
+    d = load_data(f"folder:{tmp_path / 'pics'}", image_size=8)
+    assert reads == [16]                          # the normalization's sample (up to 1,000 training images)
+    batch = d.train[0][torch.tensor([3, 0, 7])]
+    assert reads[-1] == 3 and batch.shape == (3, 3, 8, 8)
+    assert torch.equal(batch[1], d.train[0][0]) and torch.equal(d.train[0][2:4], d.train[0][torch.tensor([2, 3])])
+    half = D.select(d.train[0], torch.arange(8))  # a lazy selection: nothing read
+    assert reads[-1] == 2 and len(half) == 8 and half.shape == (8, 3, 8, 8)
+    # normalized with the sample's statistics: the training split has mean ~0, std ~1 per channel
+    x = d.train[0][:]
+    assert x.mean(dim=(0, 2, 3)).abs().max() < 1e-5 and (x.std(dim=(0, 2, 3)) - 1).abs().max() < 1e-4
 
 
 def _split_folder(root, counts: dict, size=8):

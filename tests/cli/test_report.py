@@ -47,7 +47,7 @@ def test_twice_the_work_measures_about_twice_the_time():
     once, twice = np.array(times["once"]), np.array(times["twice"])
     # the fast end of each series is the work itself; a busy machine only adds time on top
     # (bounds loose enough for a machine busy with other work, which stretches single calls)
-    ratio = np.percentile(twice, 10) / np.percentile(once, 10)
+    ratio = twice.min() / once.min()
     assert 1.2 < ratio < 4, ratio
     ms = measure_latency({"once": layer, "twice": Twice(layer)}, x, repeats=30)     # what metrics.json reports
     assert ms["twice"] > 1.1 * ms["once"], ms

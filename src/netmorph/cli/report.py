@@ -40,6 +40,7 @@ def measure_latency(models: dict, x: torch.Tensor, repeats: int = 20, warmup: in
 
 def first_images(images: torch.Tensor, batch: int) -> torch.Tensor:
     """The first ``batch`` images; a smaller test set is repeated up to the batch."""
+    images = images[:min(len(images), batch)]          # a tensor (folder images are read here)
     if len(images) < batch:
         images = images.repeat((batch + len(images) - 1) // len(images), *[1] * (images.dim() - 1))
     return images[:batch]

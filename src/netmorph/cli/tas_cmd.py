@@ -16,6 +16,7 @@ import torch
 
 from .. import dist
 from ..costs import count_flops
+from ..datasets import select
 from ..morph import absolute, save_atomic
 from ..resize import apply_structure
 from ..tas import TAS, distill, initial_student, search
@@ -144,7 +145,7 @@ def run_search(args, data, recipe, teacher, target, out, stop, progress):
     half = len(perm) // 2
     x, y = data.train
     progress.stage("TAS search", epochs - (state["epoch"] if state else 0), math.ceil(half / recipe.batch_size))
-    history = search(tas, (x[perm[:half]], y[perm[:half]]), (x[perm[half:]], y[perm[half:]]), epochs,
+    history = search(tas, (select(x, perm[:half]), y[perm[:half]]), (select(x, perm[half:]), y[perm[half:]]), epochs,
                      batch_size=recipe.batch_size, w_lr=args.search_lr, a_lr=args.arch_lr, seed=recipe.seed,
                      augment=x.dim() == 4 and recipe.flip, crop_padding=recipe.crop_padding,
                      log=lambda s: C.say(f"  search {s}"), on_batch=progress.step,
