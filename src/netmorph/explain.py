@@ -74,6 +74,10 @@ def explain(model: nn.Module, example_inputs, exclude=()) -> str:
         f = flops_by_layer.get(name, 0.0)
         rows.append((name, layer.kind, str(layer.width), f"{f:,.0f}", f"{100 * f / max(total_flops, 1):.1f}",
                      f"{n_params:,}", f"{100 * n_params / max(total_params, 1):.1f}"))
+    products = sum(f for name, f in flops_by_layer.items() if name not in graph.layers)
+    if products:                                      # per-head terms (attention's products), by the module running them
+        rows.append(("(attention products)", "heads", "-", f"{products:,.0f}", f"{100 * products / total_flops:.1f}",
+                     "-", "-"))
     const = float(graph.const_flops.sum())
     if const:
         rows.append(("(ops without a rule)", "-", "-", f"{const:,.0f}", f"{100 * const / total_flops:.1f}", "-", "-"))

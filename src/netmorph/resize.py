@@ -73,8 +73,10 @@ def group_targets(graph: ChannelGraph, widths: Mapping[str, int]) -> dict[int, i
             raise _uneven_refusal(name, f"set it ({layer.width} -> {width})")
         mult = layer.width // group.width
         if width % mult:
+            unit = "attention head (or key/value group)" if len(graph.heads) and graph.heads[layer.out[0]] else \
+                "channel of its group"
             raise ValueError(f"width {width} of '{name}' must be a multiple of {mult} (it has {mult} output "
-                             f"channels per channel of its group)")
+                             f"channels per {unit})")
         target = width // mult
         if gid in targets and targets[gid][0] != target:
             other = targets[gid][1]

@@ -98,6 +98,7 @@ def test_heads_are_one_group_of_whole_heads_tied_across_query_key_value_and_outp
         assert all(len(set(out[h * 8:(h + 1) * 8].tolist())) == 1 for h in range(4))
         assert len(set(out.tolist())) == 4
     assert netmorph.count_flops(model, inp) == reference_flops(model, inp)   # attention products included
+    assert "(attention products)  heads       -   9,216" in netmorph.explain(model, inp)   # 2 * 2 * 4 * 6 * 6 * 16
 
 
 @pytest.mark.parametrize("eager", [False, True], ids=["sdpa", "eager"])
@@ -204,7 +205,7 @@ def test_head_count_as_an_attribute_is_updated_and_as_a_bare_number_freezes(one_
 
 def test_apply_structure_and_expand_change_heads_in_multiples_of_head_dim(one_thread):
     model, inp = Attention().eval(), x()
-    with pytest.raises(ValueError, match="multiple of 8"):
+    with pytest.raises(ValueError, match="multiple of 8 .it has 8 output channels per attention head"):
         netmorph.apply_structure(model, {"q": 20}, example_inputs=inp)
     wide = netmorph.apply_structure(model, {"q": 48}, example_inputs=inp, init_reference=model)
     assert wide.q.weight.shape == wide.v.weight.shape == (48, 32) and wide.o.weight.shape == (32, 48)
