@@ -80,3 +80,38 @@ def test_fit_and_evaluate_take_loaders_and_say_what_they_need(tmp_path):
         steps_per_epoch((batch for batch in train), 64)
     with pytest.raises(ValueError, match="pair \\(inputs, targets\\)"):
         evaluate(model, [{"x": example}])
+
+
+def test_tas_search_takes_loaders_and_resumes_from_its_epoch_checkpoint():
+    import netmorph
+    from netmorph.models import resnet20
+    from netmorph.tas import search
+    example = torch.zeros(1, 3, 16, 16)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 3, 16, 16, generator=g), torch.randint(0, 4, (96,), generator=g)
+
+    def run(state=None, stop=None, seeds=(1, 2), keep=None):
+        torch.manual_seed(0)
+        model = resnet20(num_classes=4).eval()
+        tas = netmorph.TAS(model, example, target_flops=0.5 * netmorph.count_flops(model, example))
+        loader = lambda a, b, s: torch.utils.data.DataLoader(  # noqa: E731
+            torch.utils.data.TensorDataset(a, b), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(s))
+        return search(tas, loader(x[:48], y[:48], seeds[0]), loader(x[48:64], y[48:64], seeds[1]), 3, batch_size=16,
+                      log=lambda s: None, state=state, stop=stop, checkpoint=keep)
+
+    straight = run()
+    assert len(straight) == 3
+    saved, calls = [], {"n": 0}
+
+    def stop():                                    # in epoch 3 (3 steps an epoch)
+        calls["n"] += 1
+        return calls["n"] == 8
+    with pytest.raises(Interrupted):
+        run(stop=stop, keep=saved.append)
+    torch.rand(100)                                # the global generator elsewhere, the loaders' own reseeded
+    resumed = run(state=saved[-1], seeds=(7, 8))
+    for a, b in zip(straight, resumed):
+        assert (a["flops"], a["expected_flops"], a["loss_w"], a["loss_a"]) == \
+            (b["flops"], b["expected_flops"], b["loss_w"], b["loss_a"])
+    with pytest.raises(ValueError, match="both as"):
+        search(None, (x, y), [(x, y)], 1)

@@ -12,7 +12,9 @@ Both batches are augmented (random crop with ``crop_padding`` and horizontal fli
 The temperature decays geometrically *per step* from ``tau[0]`` to ``tau[1]`` (the paper decays it
 linearly per epoch over hundreds of epochs; over a few epochs a per-epoch schedule jumps).
 Batches are random permutations from a generator seeded by ``seed``; ``train_a`` is cycled when it
-is the shorter half. Resumable: ``checkpoint(state)`` gets, after every epoch, a dict (``epoch``,
+is the shorter half. ``train_w`` and ``train_a`` may also be loaders of ``(inputs, targets)`` batches
+(data that does not fit in memory): then their own batches, order and augmentation are used, an epoch
+is ``len(train_w)`` steps, and ``train_a`` is restarted whenever it runs out. Resumable: ``checkpoint(state)`` gets, after every epoch, a dict (``epoch``,
 both optimizers, both generators, the history and ``tas.state_dict()``) that ``state=`` takes back.
 
 Every epoch's history row holds :meth:`TAS.diagnostics` (per distribution: top-1 probability,
@@ -73,11 +75,15 @@ def search(tas, train_w, train_a, epochs: int, batch_size: int = 64, w_lr: float
     the last epoch's checkpoint). ``on_epoch(row)`` receives each epoch's row. Returns the history (one dict per epoch: tau, mean losses, argmax
     and expected FLOPs).
     """
-    from ..train import augment as crop_flip
-    (xw, yw), (xa, ya) = train_w, train_a
-    if augment and (xw.dim() != 4 or xa.dim() != 4):
-        raise ValueError("search(augment=True) crops and flips NCHW images; pass augment=False for other inputs")
-    steps = math.ceil(len(xw) / batch_size)
+    from ..train import augment as crop_flip, is_loader, steps_per_epoch
+    loaders = is_loader(train_w) or is_loader(train_a)
+    if loaders and not (is_loader(train_w) and is_loader(train_a)):
+        raise ValueError("search takes train_w and train_a both as (x, y) tensors or both as loaders of batches")
+    if not loaders:
+        xw, xa = train_w[0], train_a[0]
+        if augment and (xw.dim() != 4 or xa.dim() != 4):
+            raise ValueError("search(augment=True) crops and flips NCHW images; pass augment=False for other inputs")
+    steps = steps_per_epoch(train_w, batch_size)
     total = epochs * steps
     w_opt = torch.optim.SGD(tas.weight_parameters(), lr=w_lr, momentum=0.9, nesterov=True, weight_decay=w_decay)
     a_opt = torch.optim.Adam(tas.arch_parameters(), lr=a_lr, betas=(0.5, 0.999), weight_decay=a_decay)
@@ -93,28 +99,27 @@ def search(tas, train_w, train_a, epochs: int, batch_size: int = 64, w_lr: float
         tas.generator.set_state(state["gumbel"])
         if "torch_rng" in state:                 # the global generator (dropout): resumed as it was
             torch.set_rng_state(state["torch_rng"])
+        for data, key in ((train_w, "loader_w"), (train_a, "loader_a")):
+            if loaders and getattr(data, "generator", None) is not None and state.get(key) is not None:
+                data.generator.set_state(state[key])
         start, history = state["epoch"], list(state["history"])
     device = tas.alphas[0].device
     for epoch in range(start, epochs):
         t0 = time.time()
         tas.train()
-        order_w = torch.randperm(len(xw), generator=generator)
-        order_a = torch.randperm(len(xa), generator=generator)
         sums = {"loss_w": 0.0, "loss_a": 0.0, "ce_a": 0.0}
-        for i, iw in enumerate(order_w.split(batch_size)):
+        pairs = _loader_pairs(train_w, train_a) if loaders else \
+            _tensor_pairs(train_w, train_a, batch_size, generator, augment, crop_padding, crop_flip)
+        for i, ((bw, yw_b), (ba, ya_b)) in enumerate(pairs):
             for group in w_opt.param_groups:
                 group["lr"] = 0.5 * w_lr * (1 + math.cos(math.pi * (epoch * steps + i) / total))
             tas.set_tau(tau_at(epoch * steps + i, total, tau))
-            ia = order_a[torch.arange(i * batch_size, i * batch_size + len(iw)) % len(xa)]
-            bw, ba = xw[iw], xa[ia]
-            if augment:
-                bw, ba = crop_flip(bw, crop_padding, True, generator), crop_flip(ba, crop_padding, True, generator)
-            loss_w = F.cross_entropy(tas(bw.to(device)), yw[iw].to(device))
+            loss_w = F.cross_entropy(tas(bw.to(device)), yw_b.to(device))
             w_opt.zero_grad(set_to_none=True)
             a_opt.zero_grad(set_to_none=True)
             loss_w.backward()
             w_opt.step()
-            ce = F.cross_entropy(tas(ba.to(device)), ya[ia].to(device))
+            ce = F.cross_entropy(tas(ba.to(device)), ya_b.to(device))
             loss_a = ce + flops_weight * tas.flops_loss()
             w_opt.zero_grad(set_to_none=True)
             a_opt.zero_grad(set_to_none=True)
@@ -138,5 +143,36 @@ def search(tas, train_w, train_a, epochs: int, batch_size: int = 64, w_lr: float
         if checkpoint is not None:
             checkpoint(copy.deepcopy({"epoch": epoch + 1, "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
                                       "generator": generator.get_state(), "gumbel": tas.generator.get_state(),
-                                      "torch_rng": torch.get_rng_state(), "history": history, "tas": tas.state_dict()}))
+                                      "torch_rng": torch.get_rng_state(), "history": history, "tas": tas.state_dict(),
+                                      **{key: data.generator.get_state() for data, key in
+                                         ((train_w, "loader_w"), (train_a, "loader_a"))
+                                         if loaders and getattr(data, "generator", None) is not None}}))
     return history
+
+
+def _tensor_pairs(train_w, train_a, batch_size, generator, augment, crop_padding, crop_flip):
+    """One epoch of (weights batch, architecture batch) pairs of in-memory tensors: random orders from
+    ``generator``, ``train_a`` cycled when it is the shorter half, both cropped and flipped if asked."""
+    (xw, yw), (xa, ya) = train_w, train_a
+    order_w = torch.randperm(len(xw), generator=generator)
+    order_a = torch.randperm(len(xa), generator=generator)
+    for i, iw in enumerate(order_w.split(batch_size)):
+        ia = order_a[torch.arange(i * batch_size, i * batch_size + len(iw)) % len(xa)]
+        bw, ba = xw[iw], xa[ia]
+        if augment:
+            bw, ba = crop_flip(bw, crop_padding, True, generator), crop_flip(ba, crop_padding, True, generator)
+        yield (bw, yw[iw]), (ba, ya[ia])
+
+
+def _loader_pairs(train_w, train_a):
+    """One epoch of (weights batch, architecture batch) pairs of two loaders: ``train_a`` restarted
+    whenever it runs out."""
+    from ..train import _pair
+    arch = iter(train_a)
+    for batch in train_w:
+        try:
+            other = next(arch)
+        except StopIteration:
+            arch = iter(train_a)
+            other = next(arch)
+        yield _pair(batch, "weights"), _pair(other, "architecture")
