@@ -115,3 +115,30 @@ def test_tas_search_takes_loaders_and_resumes_from_its_epoch_checkpoint():
             (b["flops"], b["expected_flops"], b["loss_w"], b["loss_a"])
     with pytest.raises(ValueError, match="both as"):
         search(None, (x, y), [(x, y)], 1)
+
+
+def test_morph_resumed_at_an_epochs_end_goes_on_with_the_next_epochs_order(tmp_path):
+    """Killed between epochs (the checkpoint of epoch 1 written, epoch 2 not begun), a run whose order
+    comes from a sampler's own generator resumes with epoch 2's order, not epoch 1's again."""
+    (x, y), (vx, vy) = problem()
+    build = lambda: tiny_cnn(num_classes=4, width=0.5)          # noqa: E731
+    kw = dict(budget="100%", shrink="60%", recipe=RECIPE)
+
+    def data():                                                # as a script builds it, in every process
+        sampler = torch.utils.data.RandomSampler(range(len(x)), generator=torch.Generator().manual_seed(0))
+        return (torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=64, sampler=sampler),
+                torch.utils.data.DataLoader(torch.utils.data.TensorDataset(vx, vy), batch_size=128), x[:1])
+
+    class Killed(Exception):
+        pass
+
+    def log(line):
+        if line.startswith("epoch 2/"):                          # epoch 2 of the regularized run ended, unsaved
+            raise Killed
+    straight = morph(build, *data(), log=lambda s: None, **kw)
+    with pytest.raises(Killed):
+        morph(build, *data(), checkpoint_path=tmp_path / "state.pt", log=log, **kw)
+    resumed = morph(build, *data(), checkpoint_path=tmp_path / "state.pt", log=lambda s: None, **kw)
+    assert straight["rounds"][0].cost_history == resumed["rounds"][0].cost_history
+    for (k, a), b in zip(straight["model"].state_dict().items(), resumed["model"].state_dict().values()):
+        assert torch.equal(a, b), k

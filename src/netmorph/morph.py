@@ -34,9 +34,8 @@ from .safeload import load_torch
 from .structure import Structure
 from .surgery import prune
 from . import dist, faults
-from .train import (Interrupted, Recipe, evaluate as accuracy, fit, learning_rate, load_training_state, make_optimizer,
-                    steps_per_epoch,
-                    train_epoch, training_state)
+from .train import (Interrupted, Recipe, evaluate as accuracy, fit, learning_rate, load_training_state, loader_rng_state,
+                    make_optimizer, set_loader_rng_state, steps_per_epoch, train_epoch, training_state)
 
 FAMILY = {("gamma", "flops"): R.GammaFlopsRegularizer, ("gamma", "size"): R.GammaModelSizeRegularizer,
           ("gamma", "latency"): R.GammaLatencyRegularizer, ("weight", "flops"): R.GroupLassoFlopsRegularizer,
@@ -285,8 +284,11 @@ def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budg
 
     def save():
         if path is not None and dist.is_main():
-            save_atomic(state, path)
+            # a loader's own generators (its order) as they are now: a run resumed at an epoch's or a
+            # stage's end goes on with the next epoch's order, not the first one again
+            save_atomic({**state, "data_rng": loader_rng_state(train)}, path)
 
+    set_loader_rng_state(train, state.get("data_rng"))
     torch.manual_seed(recipe.seed)
     model = build_model()
     reference = copy.deepcopy(model)              # the model's own initialization, for fresh weights

@@ -149,25 +149,58 @@ def cross_entropy(outputs, inputs, targets):
     return nn.functional.cross_entropy(outputs, targets)
 
 
+def loader_generators(data) -> list[torch.Generator]:
+    """The generators a loader draws its order from besides torch's global one: its own
+    (``DataLoader(generator=...)``) and its sampler's (``RandomSampler(generator=...)``, also inside a
+    ``BatchSampler``); none for ``(x, y)`` tensors."""
+    if not is_loader(data):
+        return []
+    found = {}
+    for owner in (data, getattr(data, "sampler", None), getattr(data, "batch_sampler", None),
+                  getattr(getattr(data, "batch_sampler", None), "sampler", None)):
+        g = getattr(owner, "generator", None)
+        if isinstance(g, torch.Generator):
+            found.setdefault(id(g), g)
+    return list(found.values())
+
+
+def loader_rng_state(data) -> list[torch.Tensor]:
+    """The states of :func:`loader_generators` (``[]`` for tensors), for :func:`set_loader_rng_state`."""
+    return [g.get_state() for g in loader_generators(data)]
+
+
+def set_loader_rng_state(data, states) -> None:
+    """Put back what :func:`loader_rng_state` recorded (a single state: the loader's own generator)."""
+    if states is None:
+        return
+    if torch.is_tensor(states):
+        states = [states]
+    generators = loader_generators(data)
+    if len(generators) != len(states):
+        raise ValueError(f"the checkpoint recorded {len(states)} data-order generator(s), this loader has "
+                         f"{len(generators)} (DataLoader(generator=...) and its sampler's): resume with the loader "
+                         "built as in the interrupted run")
+    for g, state in zip(generators, states):
+        g.set_state(state)
+
+
 def _loader_batches(data, position: dict | None, state: dict):
     """The batches of a loader for one epoch, from ``position["step"]`` on when resuming.
 
     The loader's order is drawn when its iterator is made, from torch's global generator (a
-    ``DataLoader`` with ``shuffle=True`` and no generator of its own) or from its own generator: both
-    are recorded at the start of the epoch in ``state`` and, on resume, put back, the iterator made
-    again and the batches before the position read and dropped (a lazily read dataset reads them
-    again), then torch's generator is set back to where the interrupted run was."""
-    own = getattr(data, "generator", None)
+    ``DataLoader`` with ``shuffle=True`` and no generator of its own) or from its own generator or its
+    sampler's: all are recorded at the start of the epoch in ``state`` and, on resume, put back, the
+    iterator made again and the batches before the position read and dropped (a lazily read dataset
+    reads them again), then torch's generator is set back to where the interrupted run was."""
     if position is None:
         state["epoch_rng"] = torch.get_rng_state()
-        state["loader_rng"] = own.get_state() if own is not None else None
+        state["loader_rng"] = loader_rng_state(data)
         first = 0
     else:
         state["epoch_rng"], state["loader_rng"] = position["epoch_rng"], position.get("loader_rng")
         first, now = position["step"], torch.get_rng_state()
         torch.set_rng_state(state["epoch_rng"])
-        if own is not None and state["loader_rng"] is not None:
-            own.set_state(state["loader_rng"])
+        set_loader_rng_state(data, state["loader_rng"])
     it = iter(data)
     for i in range(first):
         next(it)

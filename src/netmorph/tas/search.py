@@ -75,7 +75,7 @@ def search(tas, train_w, train_a, epochs: int, batch_size: int = 64, w_lr: float
     the last epoch's checkpoint). ``on_epoch(row)`` receives each epoch's row. Returns the history (one dict per epoch: tau, mean losses, argmax
     and expected FLOPs).
     """
-    from ..train import augment as crop_flip, is_loader, steps_per_epoch
+    from ..train import augment as crop_flip, is_loader, loader_rng_state, set_loader_rng_state, steps_per_epoch
     loaders = is_loader(train_w) or is_loader(train_a)
     if loaders and not (is_loader(train_w) and is_loader(train_a)):
         raise ValueError("search takes train_w and train_a both as (x, y) tensors or both as loaders of batches")
@@ -100,8 +100,8 @@ def search(tas, train_w, train_a, epochs: int, batch_size: int = 64, w_lr: float
         if "torch_rng" in state:                 # the global generator (dropout): resumed as it was
             torch.set_rng_state(state["torch_rng"])
         for data, key in ((train_w, "loader_w"), (train_a, "loader_a")):
-            if loaders and getattr(data, "generator", None) is not None and state.get(key) is not None:
-                data.generator.set_state(state[key])
+            if loaders and state.get(key) is not None:
+                set_loader_rng_state(data, state[key])
         start, history = state["epoch"], list(state["history"])
     device = tas.alphas[0].device
     for epoch in range(start, epochs):
@@ -144,9 +144,8 @@ def search(tas, train_w, train_a, epochs: int, batch_size: int = 64, w_lr: float
             checkpoint(copy.deepcopy({"epoch": epoch + 1, "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
                                       "generator": generator.get_state(), "gumbel": tas.generator.get_state(),
                                       "torch_rng": torch.get_rng_state(), "history": history, "tas": tas.state_dict(),
-                                      **{key: data.generator.get_state() for data, key in
-                                         ((train_w, "loader_w"), (train_a, "loader_a"))
-                                         if loaders and getattr(data, "generator", None) is not None}}))
+                                      **{key: loader_rng_state(data) for data, key in
+                                         ((train_w, "loader_w"), (train_a, "loader_a")) if loaders}}))
     return history
 
 
