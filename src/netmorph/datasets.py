@@ -38,7 +38,28 @@ class Dataset:
     @property
     def example(self) -> torch.Tensor:
         """One training image as a batch of one: the input costs are counted for."""
+        from .train import _pair, is_loader
+        if is_loader(self.train):
+            return _pair(next(iter(self.train)), "training")[0][:1]
         return self.train[0][:1]
+
+    @property
+    def loaders(self) -> bool:
+        """Whether the splits are loaders of batches (``--data module:function``), not tensors."""
+        from .train import is_loader
+        return is_loader(self.train)
+
+    def size(self, split: str) -> str:
+        """The number of examples in ``split`` (``"train"``, ``"val"``, ``"test"``), as text."""
+        from .train import is_loader
+        data = getattr(self, split)
+        if not is_loader(data):
+            return str(len(data[1]))
+        dataset = getattr(data, "dataset", None)
+        try:
+            return str(len(dataset))
+        except TypeError:
+            return f"{len(data)} batches of"
 
 
 def _split(n_per_class: dict, fractions, seed: int):
@@ -123,18 +144,29 @@ class ImageFiles:
         return 4
 
     def _indices(self, index) -> list[int]:
+        """Positions ``index`` selects, as indexing a tensor's first axis would (a slice, integers, a
+        boolean mask)."""
+        positions = range(len(self.files))
         if isinstance(index, slice):
-            return list(range(len(self.files)))[index]
-        if isinstance(index, int):
-            return [index]
-        return [int(i) for i in torch.as_tensor(index).reshape(-1).tolist()]
+            return list(positions)[index]
+        t = torch.as_tensor(index)
+        if t.dtype == torch.bool:
+            if t.shape != (len(self.files),):
+                raise IndexError(f"a boolean mask over {len(self.files)} images must have that length, got {tuple(t.shape)}")
+            return t.nonzero().reshape(-1).tolist()
+        return [positions[i] for i in t.reshape(-1).tolist()]       # negative positions count from the end
+
+    @staticmethod
+    def _single(index) -> bool:
+        return not isinstance(index, (slice, list, tuple)) and torch.as_tensor(index).dim() == 0 and \
+            torch.as_tensor(index).dtype != torch.bool
 
     def __getitem__(self, index) -> torch.Tensor:
         if isinstance(index, tuple):                  # x[rows, ...]: the rows read, then the rest applied
             rows = self[index[0]]
             return rows[((slice(None),) if rows.dim() == 4 else ()) + index[1:]]
-        x = _images([self.files[i] for i in self._indices(index)], self.size)
-        return ((x - self.mean) / self.std)[0] if isinstance(index, int) else (x - self.mean) / self.std
+        x = (_images([self.files[i] for i in self._indices(index)], self.size) - self.mean) / self.std
+        return x[0] if self._single(index) else x
 
     def subset(self, index) -> "ImageFiles":
         return ImageFiles([self.files[i] for i in self._indices(index)], self.size, self.mean, self.std)
@@ -191,6 +223,26 @@ def load_folder(path: str, seed: int = 0, image_size: int = 32) -> Dataset:
     return Dataset(f"folder:{root.name}", *data, len(classes), recipe)
 
 
+def load_user_data(spec: str, seed: int = 0) -> Dataset:
+    """``module:function`` (the current directory importable) returning a dict with ``train``, ``val``
+    and ``test`` (each a loader of ``(inputs, targets)`` batches, e.g. a ``DataLoader``, or a pair of
+    tensors) and ``num_classes``; optional ``epochs`` and ``lr`` set the recipe's defaults. The loaders'
+    own batch size, order and augmentation are used (the function is called with ``seed=`` if it takes it)."""
+    import inspect
+    from .userfn import import_function
+    mod_name, _, fn_name = spec.partition(":")
+    fn = import_function(spec, "--data")
+    takes_seed = "seed" in inspect.signature(fn).parameters
+    got = fn(seed=seed) if takes_seed else fn()
+    missing = [k for k in ("train", "val", "test", "num_classes") if not isinstance(got, dict) or k not in got]
+    if missing:
+        raise ValueError(f"--data {spec} must return a dict with train, val, test (loaders of (inputs, targets) "
+                         f"batches) and num_classes; missing {', '.join(missing)}")
+    recipe = Recipe(epochs=int(got.get("epochs", 15)), batch_size=int(getattr(got["train"], "batch_size", None) or 64),
+                    lr=float(got.get("lr", 0.05)), crop_padding=0, flip=False, seed=seed)
+    return Dataset(f"{mod_name}.{fn_name}", got["train"], got["val"], got["test"], int(got["num_classes"]), recipe)
+
+
 def load_data(spec: str | None, seed: int = 0, image_size: int = 32) -> Dataset:
     """The data set named by a ``--data`` value (``None`` or ``digits``: the built-in one)."""
     if spec in (None, "", "digits"):
@@ -200,4 +252,7 @@ def load_data(spec: str | None, seed: int = 0, image_size: int = 32) -> Dataset:
         return load_cifar(path, seed)
     if kind == "folder" and sep and path:
         return load_folder(path, seed, image_size)
-    raise ValueError(f"unknown data source {spec!r}: use nothing (built-in digits), cifar10:PATH or folder:PATH")
+    if sep and kind and path and path.isidentifier():
+        return load_user_data(spec, seed)
+    raise ValueError(f"unknown data source {spec!r}: use nothing (built-in digits), cifar10:PATH, folder:PATH or "
+                     "module:function returning your loaders")

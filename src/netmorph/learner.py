@@ -38,6 +38,7 @@ Everything it needs to continue is in :meth:`state_dict` (the picked weights inc
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Callable
 
@@ -149,12 +150,17 @@ class StructureLearner:
     # -- the two hooks ---------------------------------------------------------------------------
     def step(self, lr: float | None = None, scaler=None) -> bool:
         """Call after every ``optimizer.step()``. ``lr``: that step's learning rate (default: read from the
-        optimizer given to the constructor). ``scaler``: a ``torch.amp.GradScaler``; a step it skipped
-        (non-finite gradients: the scale went down) is not counted. Returns whether the step counted."""
+        optimizer given to the constructor). ``scaler``: a ``torch.amp.GradScaler``, when called after its
+        ``update()``; a step it skipped (non-finite gradients: the scale went down) is not counted.
+        Returns whether the step counted."""
         if scaler is not None and scaler.is_enabled():
+            # a skipped step is one after which the scale went down; the first is compared with the
+            # scaler's starting scale (fp16 often skips its first steps)
             scale, last = float(scaler.get_scale()), self.state["scale"]
+            if last is None:
+                last = float(getattr(scaler, "_init_scale", scale))
             self.state["scale"] = scale
-            if last is not None and scale < last:
+            if scale < last:
                 return False
         lr = self._learning_rate(lr)
         state = self.state
@@ -269,7 +275,7 @@ class StructureLearner:
         if len(state["death"]) != self.reg.graph.n_channels:
             raise ValueError("this learner state belongs to a model with a different channel graph "
                              f"({len(state['death'])} channels, this model has {self.reg.graph.n_channels})")
-        self.state = dict(state)
+        self.state = copy.deepcopy(dict(state))
 
     # -- internals -------------------------------------------------------------------------------
     def path(self, step: float) -> float:

@@ -204,12 +204,12 @@ def regularize(model, train, val, example_inputs, target: float, recipe: Recipe,
             f"({row['cost'] / learner.state['initial']:.0%}), target path {learner.path((epoch + 1) * steps):,.0f}, "
             f"strength {row['strength']:.3g}/cost, val acc {row['metric']:.4f}"
             + (f", {row['revived']} channels revived" if row["revived"] else ""))
+        state["epoch"] = epoch + 1
+        save()
         if on_epoch is not None:
             on_epoch({"epoch": epoch + 1, "val_acc": row["metric"], "alive_cost": row["cost"],
                       "alive_fraction": row["cost"] / learner.state["initial"], "strength": row["strength"],
                       "revived": row["revived"], "widths": dict(learner.reg.structure())})
-        state["epoch"] = epoch + 1
-        save()
     cost, structure = learner.learned_cost, learner.learned
     if not learner.reached_target:
         log(f"the regularizer did not bring the alive {resource} into the band {BAND[0]:.0%}-{BAND[1]:.0%} of the "

@@ -306,8 +306,8 @@ def fit(model, train, val, recipe: Recipe, reg=None, strength: float = 0.0, log=
             row["cost"] = reg.cost()
         history.append(row)
         log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-        if on_epoch is not None:
-            on_epoch(row)
         if checkpoint is not None:
             checkpoint(epoch + 1, opt, generator, history)
+        if on_epoch is not None:
+            on_epoch(row)
     return history

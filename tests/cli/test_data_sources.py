@@ -1,4 +1,6 @@
 """The ``--data`` sources: built-in digits, ``cifar10:PATH`` (npz pair) and ``folder:PATH``."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -80,8 +82,15 @@ def test_image_folder_is_read_batch_by_batch_not_loaded_whole(tmp_path, monkeypa
     batch = d.train[0][torch.tensor([3, 0, 7])]
     assert reads[-1] == 3 and batch.shape == (3, 3, 8, 8)
     assert torch.equal(batch[1], d.train[0][0]) and torch.equal(d.train[0][2:4], d.train[0][torch.tensor([2, 3])])
+    # indexed as a tensor's first axis is: a mask, numpy and 0-dim integers, negative positions
+    mask = torch.zeros(16, dtype=torch.bool)
+    mask[[1, 5]] = True
+    assert torch.equal(d.train[0][mask], d.train[0][torch.tensor([1, 5])])
+    assert d.train[0][np.int64(4)].shape == d.train[0][torch.tensor(4)].shape == (3, 8, 8)
+    assert torch.equal(d.train[0][-1], d.train[0][15])
+    before = len(reads)
     half = D.select(d.train[0], torch.arange(8))  # a lazy selection: nothing read
-    assert reads[-1] == 2 and len(half) == 8 and half.shape == (8, 3, 8, 8)
+    assert len(reads) == before and len(half) == 8 and half.shape == (8, 3, 8, 8)
     # normalized with the sample's statistics: the training split has mean ~0, std ~1 per channel
     x = d.train[0][:]
     assert x.mean(dim=(0, 2, 3)).abs().max() < 1e-5 and (x.std(dim=(0, 2, 3)) - 1).abs().max() < 1e-4
@@ -118,3 +127,24 @@ def test_image_folder_already_split_into_train_val_test_is_used_as_given(tmp_pat
     train_marks, val_marks, test_marks = (p[0][:, 0, 0, 0] for p in (d.train, d.val, d.test))
     assert torch.cat([train_marks, val_marks]).max() < test_marks.min()
     assert sorted(d.val[1].tolist()) == [0, 1]
+
+
+def test_data_from_a_users_module_as_loaders(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("morph", "--data", "tests.cli.userdata:loaders", "--model", "tiny", "--no-baseline", "--out", out) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["models"]["final"]["test_n"] == 64 and m["models"]["final"]["latency_batch"] == 64
+    assert "(512 train / 64 val / 64 test)" in (out / "log.txt").read_text()
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert sum(",round 1: regularize," in r for r in rows) == 2 and sum(",final training," in r for r in rows) == 2
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["morph", "--no-baseline", "--data", "tests.cli.userdata:no_test"], "missing test"),
+    (["morph", "--data", "tests.cli.userdata:loaders", "--batch-size", "32"], "own batch size is used"),
+    (["tas", "--data", "tests.cli.userdata:loaders"], "cannot do to the loaders"),
+    (["morph", "--data", "tests.cli.nowhere:loaders"], "cannot import module 'tests.cli.nowhere'"),
+])
+def test_user_data_that_cannot_work_is_refused_with_the_reason(tmp_path, capsys, argv, message):
+    assert run_cli(*argv, "--out", tmp_path / "run") == 2
+    assert message in capsys.readouterr().err

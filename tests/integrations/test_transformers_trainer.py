@@ -77,3 +77,30 @@ def test_sharded_training_is_refused_by_name():
     args = type("Args", (), {"deepspeed": "ds_config.json", "fsdp": ""})()
     with pytest.raises(ValueError, match="sharded training \\(deepspeed\\)"):
         cb.on_train_begin(args, None, None, model=Net())
+
+
+def test_a_resumed_trainer_resumes_the_learner_from_its_checkpoint(tmp_path):
+    (x, y), (vx, vy) = problem()
+
+    def trainer_for(out):
+        torch.manual_seed(0)
+        args = transformers.TrainingArguments(
+            output_dir=str(out), per_device_train_batch_size=32, max_steps=48, learning_rate=0.05,
+            optim="sgd", lr_scheduler_type="constant", eval_strategy="steps", eval_steps=12, save_strategy="steps",
+            save_steps=24, report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
+        trainer = transformers.Trainer(model=Net(), args=args, train_dataset=Rows(x, y), eval_dataset=Rows(vx, vy))
+        return trainer, MorphNetCallback.attach(trainer, torch.randn(1, 1, 8, 8), shrink="50%")
+
+    straight, cb = trainer_for(tmp_path / "a")
+    straight.train()
+    assert (tmp_path / "a" / "checkpoint-24" / "netmorph_learner.pt").exists()
+    resumed, cb2 = trainer_for(tmp_path / "a")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-24"))
+    # it went on from step 24 with the history saved there: the same rows as the straight run
+    assert cb2.learner.state["steps"] == cb.learner.state["steps"] == 48
+    assert [r["steps"] for r in cb2.learner.history] == [r["steps"] for r in cb.learner.history] == [12, 24, 36, 48]
+    assert [r["cost"] for r in cb2.learner.history][:2] == [r["cost"] for r in cb.learner.history][:2]
+    # evaluating after training does not move the pick
+    picked = cb2.learner.state["best"]["evaluation"]
+    resumed.evaluate()
+    assert len(cb2.learner.history) == 4 and cb2.learner.state["best"]["evaluation"] == picked

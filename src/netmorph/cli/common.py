@@ -3,8 +3,6 @@ the run directory, Ctrl-C handling and progress output. Bad input raises :class:
 one line naming the problem and the fix; ``netmorph.cli.main`` prints it and exits non-zero."""
 from __future__ import annotations
 
-import importlib
-import math
 import inspect
 import json
 import os
@@ -20,7 +18,9 @@ from .. import dist, faults
 from ..costs import HARDWARE, get_hardware
 from ..morph import save_atomic
 from ..safeload import load_state_dict, load_torch
-from ..train import fit, load_training_state, make_optimizer, training_state
+from ..userfn import import_function
+from ..train import (fit, load_training_state, loader_rng_state, make_optimizer, set_loader_rng_state, steps_per_epoch,
+                     training_state)
 from ..models import MODELS
 
 #: the input each built-in network was designed for (C, H, W)
@@ -159,17 +159,10 @@ def _builder(spec: str, num_classes, in_channels):
                              "module:function returning your nn.Module")
         fn = MODELS[spec]
     else:
-        mod_name, _, fn_name = spec.partition(":")
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
         try:
-            module = importlib.import_module(mod_name)
-        except Exception as exc:  # noqa: BLE001 - any import failure is the user's to fix
-            raise UsageError(f"--model {spec}: cannot import module {mod_name!r} ({type(exc).__name__}: {exc}); "
-                             "run from the directory that holds it or add it to PYTHONPATH") from None
-        fn = getattr(module, fn_name, None)
-        if not callable(fn):
-            raise UsageError(f"--model {spec}: module {mod_name!r} has no function {fn_name!r}")
+            fn = import_function(spec, "--model")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     kwargs = {}
     if num_classes is not None and _accepts(fn, "num_classes"):
         kwargs["num_classes"] = num_classes
@@ -364,7 +357,8 @@ class MetricsLog:
     ``val_acc``, ``alive_cost``, ``alive_fraction``, ``strength``, ...; the CSV's columns are fixed, a
     number with no column goes to TensorBoard only) and ``widths`` (alive output channels per layer)
     become the scalars ``widths/LAYER``. Rows append: a resumed run goes on where the file ends (an
-    interrupted epoch wrote nothing). Only rank 0 writes.
+    interrupted epoch wrote nothing; a row is written after its epoch's checkpoint, so a run killed in
+    between misses that row rather than repeating it). Only rank 0 writes.
     """
 
     COLUMNS = ("time", "stage", "epoch", "loss", "val_acc", "alive_cost", "alive_fraction", "strength", "revived",
@@ -373,7 +367,10 @@ class MetricsLog:
     def __init__(self, out: Path):
         self.path = out / "metrics.csv"
         self.writer = None
-        self.step = sum(1 for _ in open(self.path)) - 1 if self.path.exists() else 0
+        self.step = 0
+        if self.path.exists():
+            with open(self.path) as fh:
+                self.step = sum(1 for _ in fh) - 1
         if not dist.is_main():
             return
         if not self.path.exists():
@@ -491,15 +488,16 @@ def train_resumable(model, data, recipe, ckpt: Path, label: str, stop, progress,
     saved = load_run_file(ckpt)
     if saved is not None:
         load_training_state(saved, model, opt, gen)
+        set_loader_rng_state(data.train, saved.get("data_rng"))
         if saved["epoch"] >= recipe.epochs and saved["position"] is None:
             return saved["history"]
 
     def keep(epoch, opt, gen, hist, position=None):
         if dist.is_main():
-            save_atomic({**training_state(model, opt, gen), "epoch": epoch, "history": hist, "position": position},
-                        ckpt)
+            save_atomic({**training_state(model, opt, gen), "epoch": epoch, "history": hist, "position": position,
+                         "data_rng": loader_rng_state(data.train)}, ckpt)
     progress.stage(label, recipe.epochs - (saved["epoch"] if saved else 0),
-                   math.ceil(len(data.train[0]) / recipe.batch_size))
+                   steps_per_epoch(data.train, recipe.batch_size))
     return train(model, data.train, data.val, recipe, log=lambda s: say(f"  {label}: {s}"), checkpoint=keep,
                  start_epoch=saved["epoch"] if saved else 0, opt=opt, generator=gen, on_batch=progress.step,
                  position=saved["position"] if saved else None, stop=stop,

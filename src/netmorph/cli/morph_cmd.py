@@ -22,7 +22,7 @@ from ..expand import cost_floor
 from ..graph import GraphRecordError, build_graph
 from ..morph import absolute, make_regularizer, morph, replay
 from ..surgery import prune
-from ..train import Interrupted
+from ..train import Interrupted, steps_per_epoch
 from . import common as C
 from .report import metrics, onnx_files, plot_training, plot_widths, speed_note, table
 
@@ -91,6 +91,9 @@ def recipe_for(args, data):
             raise C.UsageError(f"--lr must be a positive number, got {args.lr}")
         changes["lr"] = args.lr
     if args.batch_size is not None:
+        if data.loaders:
+            raise C.UsageError(f"--batch-size: the data ({data.name}) come as loaders, whose own batch size is used; "
+                               "set it where the loaders are made")
         changes["batch_size"] = args.batch_size
     return dataclasses.replace(data.recipe, **changes)
 
@@ -189,10 +192,10 @@ def run(args) -> int:
                                            "torch": torch.__version__, "world_size": dist.world_size()})
     dist.barrier()
     C.log_to(out / "log.txt")
-    C.say(f"netmorph morph: {args.model} on {data.name} ({len(data.train[0])} train / {len(data.val[0])} val / "
-          f"{len(data.test[0])} test), {resource} {original_cost:,.0f} -> budget {budget_abs:,.0f}; run directory "
+    C.say(f"netmorph morph: {args.model} on {data.name} ({data.size('train')} train / {data.size('val')} val / "
+          f"{data.size('test')} test), {resource} {original_cost:,.0f} -> budget {budget_abs:,.0f}; run directory "
           f"{out}")
-    steps = math.ceil(len(data.train[0]) / recipe.batch_size)
+    steps = steps_per_epoch(data.train, recipe.batch_size)
     with C.StopFlag() as stop, C.Progress(C.MetricsLog(out)) as progress:
         try:
             baseline, base_hist = (None, None) if args.no_baseline else \

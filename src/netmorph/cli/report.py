@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..costs import count_cost, count_flops, count_params
-from ..train import evaluate
+from ..train import evaluate, is_loader
 
 
 @torch.no_grad()
@@ -38,8 +38,24 @@ def measure_latency(models: dict, x: torch.Tensor, repeats: int = 20, warmup: in
     return {k: 1000 * float(np.median(v)) for k, v in interleaved_times(models, x, repeats, warmup).items()}
 
 
-def first_images(images: torch.Tensor, batch: int) -> torch.Tensor:
-    """The first ``batch`` images; a smaller test set is repeated up to the batch."""
+def examples(data) -> int:
+    """How many examples ``data`` holds: ``(x, y)`` tensors, or a loader (counted by going through it)."""
+    return len(data[1]) if not is_loader(data) else sum(len(targets) for _, targets in data)
+
+
+def first_images(split, batch: int) -> torch.Tensor:
+    """The first ``batch`` inputs of a data split (``(x, y)`` tensors or folder images, or a loader of
+    ``(inputs, targets)`` batches); a smaller test set is repeated up to the batch."""
+    if is_loader(split):
+        taken, n = [], 0
+        for inputs, _ in split:
+            taken.append(inputs)
+            n += len(inputs)
+            if n >= batch:
+                break
+        images = torch.cat(taken)
+    else:
+        images = split[0]
     images = images[:min(len(images), batch)]          # a tensor (folder images are read here)
     if len(images) < batch:
         images = images.repeat((batch + len(images) - 1) // len(images), *[1] * (images.dim() - 1))
@@ -56,14 +72,14 @@ def metrics(models: dict, test, example, resource: str, hardware, batch: int = 6
     if here:
         batch = hardware.key["batch"]
         torch.set_num_threads(hardware.key["threads"] or threads)
-    xb = first_images(test[0], batch)
+    xb = first_images(test, batch)
     try:
         latency = measure_latency(models, xb)
     finally:
         torch.set_num_threads(threads)
     out = {}
     for name, m in models.items():
-        row = {"test_acc": evaluate(m, *test), "test_n": len(test[1]), "flops": count_flops(m, example), "params": count_params(m),
+        row = {"test_acc": evaluate(m, test), "test_n": examples(test), "flops": count_flops(m, example), "params": count_params(m),
                "latency_ms": latency[name], "latency_batch": len(xb)}
         if resource != "flops":
             row[resource] = count_cost(m, example, resource, hardware)
@@ -84,7 +100,7 @@ def onnx_files(models: dict, rows: dict, out, data, hardware=None) -> str | None
     except ImportError:
         return None
     batch = rows[next(iter(rows))]["latency_batch"]
-    x = first_images(data.test[0], batch)
+    x = first_images(data.test, batch)
     try:
         return _onnx_files(models, rows, out, x, hardware)
     except Exception as exc:  # noqa: BLE001 - a deployment check must not lose the run's report

@@ -69,6 +69,10 @@ def run(args) -> int:
     if not 0 <= args.tolerance < 1:
         raise C.UsageError(f"--tolerance must be in [0, 1), got {args.tolerance}")
     data, build, recipe, out = setup(args, "tas")
+    if data.loaders:
+        raise C.UsageError(f"netmorph tas splits the training data into two halves (weights and architecture), which "
+                           f"it cannot do to the loaders of {data.name}; give tensors or folder: data, or call "
+                           "netmorph.tas.search with two loaders from Python")
     example = data.example
     full = count_flops(build(), example)
     target = absolute(amount, full, "budget")

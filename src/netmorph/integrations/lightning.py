@@ -68,8 +68,8 @@ class MorphNetCallback(pl.Callback):
         self.learner.step(scaler=scaler)
 
     def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking or self.learner is None:
-            return
+        if trainer.sanity_checking or self.learner is None or trainer.state.fn != "fit":
+            return                          # trainer.validate() after fit does not move the pick
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
             raise ValueError(f"MorphNetCallback monitors '{self.monitor}', which the module did not log in validation "

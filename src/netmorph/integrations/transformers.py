@@ -13,14 +13,22 @@ accumulated update); a step the fp16 grad scaler skipped is not counted. The con
 ``state.max_steps``. After every evaluation the learner is evaluated on ``monitor`` (``eval_loss``
 with ``mode="min"`` needs no ``compute_metrics``) and its alive cost, strength and revivals go through
 ``trainer.log`` (so to every reporter the trainer has: TensorBoard, W&B, ``log_history``).
-DeepSpeed and FSDP are refused.
+The learner's state is saved into every checkpoint the trainer writes (``netmorph_learner.pt``) and
+read back by ``trainer.train(resume_from_checkpoint=...)``. DeepSpeed and FSDP are refused.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
 from transformers import TrainerCallback
 
 from ..learner import StructureLearner
 from . import refuse_sharded, scalars, write_structures
+
+
+#: the learner's state in each checkpoint folder the trainer writes
+STATE_FILE = "netmorph_learner.pt"
 
 
 class MorphNetCallback(TrainerCallback):
@@ -39,6 +47,7 @@ class MorphNetCallback(TrainerCallback):
         self.output_dir, self.learner_kw = output_dir, learner_kw
         self.learner: StructureLearner | None = None
         self.trainer = None
+        self.training = False
 
     @classmethod
     def attach(cls, trainer, example_inputs, **kw) -> "MorphNetCallback":
@@ -57,14 +66,27 @@ class MorphNetCallback(TrainerCallback):
         self.learner = StructureLearner(model, self.example_inputs, shrink=self.shrink, resource=self.resource,
                                         hardware=self.hardware, total_steps=int(state.max_steps), optimizer=optimizer,
                                         metric_mode=self.mode, **self.learner_kw)
+        if state.global_step > 0:                   # resumed from a checkpoint: the learner goes on too
+            saved = Path(args.output_dir) / f"checkpoint-{state.global_step}" / STATE_FILE
+            if not saved.exists():
+                raise ValueError(f"resuming at step {state.global_step}, but {saved} does not exist: MorphNetCallback "
+                                 "saves its state into the checkpoints it sees written; resume from one of those, or "
+                                 "start the structure learning again")
+            self.learner.load_state_dict(torch.load(saved, weights_only=True))
+        self.training = True
 
     def on_step_end(self, args, state, control, optimizer=None, **kw):
         if not getattr(optimizer, "step_was_skipped", False):      # accelerate's fp16 scaler skipped it
             self.learner.step()
 
+    def on_save(self, args, state, control, **kw):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if self.learner is not None and state.is_world_process_zero and folder.is_dir():
+            torch.save(self.learner.state_dict(), folder / STATE_FILE)
+
     def on_evaluate(self, args, state, control, metrics=None, **kw):
-        if self.learner is None:
-            return
+        if self.learner is None or not self.training:
+            return                          # trainer.evaluate() outside training does not move the pick
         metrics = metrics or {}
         if self.monitor not in metrics:
             raise ValueError(f"MorphNetCallback monitors '{self.monitor}', which the evaluation did not report "
@@ -77,5 +99,6 @@ class MorphNetCallback(TrainerCallback):
             state.log_history.append({**values, "step": state.global_step})
 
     def on_train_end(self, args, state, control, **kw):
+        self.training = False
         if self.learner is not None and self.output_dir is not None and state.is_world_process_zero:
             write_structures(self.learner, self.output_dir, self.budget, self.round_to)
