@@ -77,3 +77,34 @@ def test_an_unlogged_monitor_is_named_in_the_error(tmp_path):
                          enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0)
     with pytest.raises(ValueError, match="monitors 'val_accuracy'.*val_acc"):
         trainer.fit(Module(), *loaders())
+
+
+def test_a_fit_resumed_from_a_lightning_checkpoint_resumes_the_learner(tmp_path):
+    class StopAfter(pl.Callback):
+        def __init__(self, epoch):
+            self.epoch = epoch
+
+        def on_train_epoch_end(self, trainer, module):
+            if trainer.current_epoch == self.epoch:
+                trainer.should_stop = True
+
+    (x, y), (vx, vy) = problem()
+    in_order = lambda a, b, n: torch.utils.data.DataLoader(torch.utils.data.TensorDataset(a, b), batch_size=n)  # noqa: E731
+
+    def run(directory, stop=None, ckpt=None):
+        torch.manual_seed(0)
+        cb = MorphNetCallback(torch.randn(1, 1, 8, 8), shrink="50%", monitor="val_acc", module=lambda m: m.net)
+        callbacks = [cb, pl.callbacks.ModelCheckpoint(dirpath=directory, save_last=True)]
+        trainer = pl.Trainer(max_epochs=4, min_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, num_sanity_val_steps=0,
+                             callbacks=callbacks + ([StopAfter(stop)] if stop is not None else []))
+        trainer.fit(Module(), in_order(x, y, 32), in_order(vx, vy, 256), ckpt_path=ckpt)
+        return cb.learner
+
+    straight = run(tmp_path / "a")
+    first = run(tmp_path / "b", stop=1)                   # stopped after 2 of 4 epochs, last.ckpt written
+    assert len(first.history) == 2
+    resumed = run(tmp_path / "b", ckpt=tmp_path / "b" / "last.ckpt")
+    assert resumed.state["steps"] == straight.state["steps"] == 4 * 24
+    assert [(r["steps"], r["cost"], r["strength"]) for r in resumed.history] == \
+        [(r["steps"], r["cost"], r["strength"]) for r in straight.history]
