@@ -1,5 +1,6 @@
 """Attention heads prune exactly on real transformer code built from tiny configs (nothing downloaded):
-timm's ViT, Hugging Face BERT, ViT and Llama (multi-head and grouped-query), eval mode, each with its
+timm's ViT, Hugging Face BERT, ViT, Llama (multi-head and grouped-query) and GPT-2 (fused ``Conv1D`` split by
+``split_size``), eval mode, each with its
 fused attention (``F.scaled_dot_product_attention``) and its eager one (matmul, softmax, matmul; for
 grouped-query Llama through ``repeat_kv``). Heads are
 killed by hand -- their value rows and output-projection columns zeroed, as the group-lasso source
@@ -120,6 +121,43 @@ def test_dead_heads_prune_exactly_and_whole(name, impl, one_thread):
         for attr in ("num_heads", "num_attention_heads", "attn_dim", "all_head_size"):
             if attr in vars(old.module):
                 assert vars(new.module)[attr] == vars(old.module)[attr] * kept // old.heads
+    assert netmorph.count_flops(small, x) == reg.cost() == reference_flops(small, x) < reference_flops(model, x)
+
+
+def gpt2(impl):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=32, vocab_size=100, use_cache=False,
+                                     bos_token_id=0, eos_token_id=0,
+                                     attn_implementation=impl)
+    return Out(transformers.GPT2Model(config).eval(), "last_hidden_state").eval(), torch.randint(0, 100, (2, 12))
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_gpt2_heads_split_from_a_fused_conv1d_prune_exactly(impl, one_thread):
+    """GPT-2 splits its fused ``c_attn`` (a ``Conv1D``: weight ``[in, out]``) with
+    ``split(self.split_size, dim=2)``: a split into pieces of an attribute's size, tied like ``chunk``;
+    ``split_size``, ``embed_dim`` and ``num_heads`` follow the heads, ``head_dim`` stays."""
+    model, x = gpt2(impl)
+    d, killed = 16, ([1], [0, 2])
+    for block, heads in zip(model.model.h, killed):
+        with torch.no_grad():
+            for h in heads:
+                block.attn.c_proj.weight[h * d:(h + 1) * d] = 0               # the rows c_proj reads head h with
+                block.attn.c_attn.weight[:, 128 + h * d:128 + (h + 1) * d] = 0   # its value columns
+    with torch.no_grad():
+        before = model(x)
+    reg = netmorph.GroupLassoFlopsRegularizer(model, x, threshold=0.0)
+    assert reg.graph.heads.sum() == 8
+    small = netmorph.prune(model, reg).eval()
+    with torch.no_grad():
+        after = small(x)
+    assert (after - before).abs().max() <= 1e-5 * before.abs().max()
+    for block, heads in zip(small.model.h, killed):
+        kept = 4 - len(heads)
+        attn = block.attn
+        assert attn.c_attn.weight.shape == (64, 3 * kept * d) and attn.c_proj.weight.shape == (kept * d, 64)
+        assert (attn.num_heads, attn.head_dim, attn.split_size, attn.embed_dim) == (kept, d, kept * d, kept * d)
     assert netmorph.count_flops(small, x) == reg.cost() == reference_flops(small, x) < reference_flops(model, x)
 
 

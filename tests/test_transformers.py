@@ -1,7 +1,8 @@
 """Hugging Face transformers built from small configs (nothing is downloaded). GPT-2's projections
 are ``Conv1D`` layers (weight laid out ``[in, out]``, computed by ``addmm``) and its GELU is written
-out with ``pow`` and ``tanh``: its MLP hidden width is changeable and prunes exactly. Heads and the
-hidden size are not changed yet (see ``netmorph explain``)."""
+out with ``pow`` and ``tanh``: its MLP hidden width is changeable and prunes exactly, and so are its
+attention heads (``c_attn(x).split(self.split_size, dim=2)``: tests/test_attention_heads.py). The
+hidden size is not changed yet (see ``netmorph explain``)."""
 import pytest
 import torch
 from torch import nn
@@ -37,7 +38,7 @@ def test_gpt2_mlp_hidden_width_is_changeable_and_prunes_exactly(one_thread):
     assert netmorph.count_flops(model, ids) == reference_flops(model, ids)
     graph = build_graph(model, ids)
     changeable = sorted(n for n, l in graph.layers.items() if graph.groups[int(graph.group_of[l.out[0]])].frozen is None)
-    assert changeable == ["model.transformer.h.0.mlp.c_fc", "model.transformer.h.1.mlp.c_fc"]
+    assert changeable == [f"model.transformer.h.{i}.{layer}" for i in (0, 1) for layer in ("attn.c_attn", "mlp.c_fc")]
     reg = netmorph.GroupLassoFlopsRegularizer(model, ids, threshold=0.0)
     reg.loss().backward()                                          # weight norms of the [in, out] columns
     assert model.model.transformer.h[0].mlp.c_fc.weight.grad.abs().sum() > 0

@@ -48,6 +48,7 @@ PRUNABLE = {
     "chunk_glu": Sandwich(Fn(lambda x: x.chunk(2, dim=1)[0] * torch.sigmoid(x.chunk(2, dim=1)[1])), after=4),
     "split_spatial": Sandwich(Fn(lambda x: torch.cat(x.split(4, dim=2), dim=2))),
     "getitem_spatial": Sandwich(Fn(lambda x: x[:, :, ::2, 1:])),
+    "dtype_type": Sandwich(Fn(lambda x: x.type(torch.float64).type(x.dtype))),
     "group_norm": Sandwich(nn.Identity(), norm=nn.GroupNorm(4, 8)),
     "instance_norm": Sandwich(nn.Identity(), norm=nn.InstanceNorm2d(8, affine=True)),
     "conv_transpose": Sandwich(nn.Sequential(nn.ConvTranspose2d(8, 6, 2, stride=2), nn.BatchNorm2d(6), nn.ReLU()),
@@ -108,6 +109,28 @@ class Stemmed(nn.Module):
 
     def forward(self, x):
         return self.body(self.stem(x))
+
+
+def test_a_split_into_pieces_of_an_attribute_size_is_a_chunk_and_the_attribute_follows():
+    """GPT-2's ``c_attn(x).split(self.split_size, dim=2)``; the size written as a number freezes, saying so."""
+    class Fused(nn.Module):
+        def __init__(self, attr):
+            super().__init__()
+            self.qkv, self.out = nn.Linear(8, 48), nn.Linear(16, 8)
+            self.attr = attr
+            if attr:
+                self.split_size = 16
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).split(self.split_size if self.attr else 16, dim=-1)
+            return self.out(q * k + v)
+    x = torch.randn(2, 8)
+    assert "has no attribute (split_size, embed_dim, ...) holding the size" in netmorph.explain(Fused(False), x)
+    graph = build_graph(Fused(True), x)
+    assert graph.groups[int(graph.group_of[graph.layers["qkv"].out[0]])].frozen is None
+    assert [(m, a) for m, a, _ in graph.attrs] == [("", "split_size")]
+    small = netmorph.apply_structure(Fused(True), {"qkv": 30}, example_inputs=x)
+    assert small.split_size == 10 and small.qkv.weight.shape == (30, 8) and small(x).shape == (2, 8)
 
 
 @pytest.mark.parametrize("name", sorted(FROZEN))

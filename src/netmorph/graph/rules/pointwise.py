@@ -13,7 +13,7 @@ NAMES = (
     "relu", "relu6", "leaky_relu", "gelu", "silu", "hardswish", "sigmoid", "hardsigmoid", "tanh",
     "hardtanh", "elu", "selu", "celu", "mish", "softplus",
     "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
-    "contiguous", "clone", "detach", "float", "double", "half", "bfloat16", "to", "type_as",
+    "contiguous", "clone", "detach", "float", "double", "half", "bfloat16", "to", "type", "type_as",
     "pow", "square", "abs", "neg", "exp", "erf", "sin", "cos",
 )
 

@@ -6,9 +6,13 @@ Grouping rules:
 - ``chunk(n)`` along the channel axis: piece k holds channels ``[k*C/n, (k+1)*C/n)``, and channel i of
   every piece is tied to channel i of the others, so after pruning the pieces still have equal
   widths and ``chunk`` still cuts them apart where they belong (GLU, grouped heads).
-- ``split`` along the channel axis takes hard-coded sizes, and indexing along it (``x[:, 4:16]``)
-  takes hard-coded positions: both would cut in the wrong place once channels are removed, so the
-  rule declines and the channels are frozen.
+- ``split(size)`` along the channel axis into equal pieces, with ``size`` an int attribute of the
+  module calling it (``split_size``, ``embed_dim``, ... :data:`SPLIT_ATTRS`: GPT-2's
+  ``c_attn(x).split(self.split_size, dim=2)``), is ``chunk``: pieces tied channel by channel, and
+  netmorph sets that attribute to the pieces' new width. A size given as a bare number (or a list of
+  sizes) is hard-coded: it would cut in the wrong place once channels are removed, so the op is
+  frozen, saying so. Indexing along the channel axis (``x[:, 4:16]``) takes hard-coded positions:
+  the rule declines and the channels are frozen.
 - Except a slice that keeps every channel (``x[:, :n]`` with ``n`` at least the width: GhostNet's
   ``cat([x1, x2])[:, :out]`` when the concat is exactly ``out`` wide): it is the identity, and stays
   the identity while the channels only narrow. Its channels are *capped*: ``apply_structure``
@@ -17,6 +21,10 @@ Grouping rules:
 from __future__ import annotations
 
 NAMES = ("chunk", "split", "unbind", "getitem")
+
+#: Int attributes of the calling module that may hold the size of the equal pieces a channel axis is
+#: split into (netmorph updates them with the widths).
+SPLIT_ATTRS = ("split_size", "embed_dim", "attn_dim", "all_head_size", "inner_dim")
 
 
 def _index_rule(b, op, s, x) -> bool:
@@ -70,12 +78,25 @@ def rule(b, op) -> bool:
         for out in op.outputs:
             b.set(out, s.with_cdim(cdim))
         return True
-    if op.name != "chunk" or len({o.shape[dim] for o in op.outputs}) != 1:
+    if op.name == "unbind" or len({o.shape[dim] for o in op.outputs}) != 1:
         return False
     width = op.outputs[0].shape[dim]
+    names = []
+    if op.name == "split":
+        size = op.inputs[1] if len(op.inputs) > 1 else op.kwargs.get("split_size", op.kwargs.get("split_size_or_sections"))
+        from .reshape import _attributes
+        names = _attributes(b, op, size, SPLIT_ATTRS) if type(size) is int else []
+        if not names:
+            from .unknown import freeze_op
+            where = f"'{op.scope}'" if op.scope else "the model"
+            freeze_op(b, op, f"it splits channels into pieces of {size} written as numbers, and {where} has no "
+                             f"attribute ({', '.join(SPLIT_ATTRS[:2])}, ...) holding the size that netmorph could "
+                             "update; use chunk, or pass the size as such an attribute")
+            return True
     pieces = [s.elems[k * width:(k + 1) * width] for k in range(len(op.outputs))]
     for piece in pieces[1:]:
         b.tie(pieces[0], piece)
+    b.attrs.extend((op.scope, n, pieces[0]) for n in names)
     for k, out in enumerate(op.outputs):
         b.set(out, s.take(slice(k * width, (k + 1) * width)))
     return True
