@@ -15,6 +15,7 @@ Validation data steer model selection and the strength controller; test data are
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +36,11 @@ class Dataset:
     num_classes: int
     recipe: Recipe          # defaults that suit the data (the command's flags override them)
 
-    @property
+    @functools.cached_property
     def example(self) -> torch.Tensor:
-        """One training image as a batch of one: the input costs are counted for."""
+        """One training image as a batch of one: the input costs are counted for. Read once: a loader
+        makes a new iterator (and draws its order from torch's generator) at every read, folder images
+        come from disk."""
         from .train import _pair, is_loader
         if is_loader(self.train):
             return _pair(next(iter(self.train)), "training")[0][:1]

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .costs import check_resource, count_cost
+from .costs import check_resource, evaluate as graph_cost
 from .structure import Structure
 
 #: the shrink target's band: the controller steers the alive cost into it and the pick reads from it
@@ -134,15 +134,15 @@ class StructureLearner:
         for name in self.reg.kept_whole.values():
             log(f"keeping the channel group of '{name}' whole: it covers the group unevenly (say, one of a concat's "
                 f"inputs feeding some groups of a grouped conv), so no width could say which channels stay")
-        self.original_cost = count_cost(model, example_inputs, resource, hardware)
+        n = self.reg.graph.n_channels           # the model's cost, every channel alive, off the graph recorded
+        self.original_cost = graph_cost(self.reg.graph, np.ones(n, dtype=bool), resource, hardware)
         self.target = float(target) if target is not None else absolute(shrink, self.original_cost, "shrink")
         if self.target >= self.original_cost:
             raise ValueError(f"the shrink target ({self.target:,.0f}) must be below the {resource} of the model "
                              f"({self.original_cost:,.0f}); ask for less than 100%")
         initial = self.reg.cost()
-        n = self.reg.graph.n_channels
         self.state = {"steps": 0, "initial": initial, "strength": strength, "period_strength": None,
-                      "pull_rate": 0.0, "history": [], "best": None, "revived": [], "scale": None,
+                      "pull_rate": 0.0, "history": [], "best": None, "scale": None,
                       "death": [-1] * n, "last_value": self.reg.channel_values().detach().cpu().double().tolist()}
         if optimizer is not None:
             self.check_weight_decay(optimizer)
@@ -166,16 +166,16 @@ class StructureLearner:
         state = self.state
         state["pull_rate"] = max(state["pull_rate"], lr, self._base_rate())
         s = state["steps"]
-        scale = self.reg.preconditioner(self.optimizer) if self.optimizer is not None else None
         if state["strength"] is None:
             approach_steps = max(1.0, self.approach * self.total_steps)
-            state["strength"] = first_strength(self.reg, state["pull_rate"] * approach_steps, self.target, scale)
+            state["strength"] = first_strength(self.reg, state["pull_rate"] * approach_steps, self.target,
+                                               self._preconditioner())
         if state["period_strength"] is None:       # a fresh evaluation period: its starting strength is the record
             state["period_strength"] = state["strength"]
         k = self._steer(s)
         if k and self.reg.cost() > max(BAND[1] * self.target, self.path(s + 1)):
             self.reg.proximal_step(state["pull_rate"], k, floor=max(BAND[0] * self.target, 0.96 * self.path(s + 1)),
-                                   scale=scale)
+                                   scale=self._preconditioner())
         state["steps"] = s + 1
         return True
 
@@ -195,7 +195,6 @@ class StructureLearner:
         back = revive(reg, target, death, last_value) if reg.cost() < BAND[0] * target else []
         death[back] = -1
         state["death"], state["last_value"] = death.tolist(), last_value.tolist()
-        state["revived"].append(len(back))
         value = metric() if callable(metric) else metric
         cost = reg.cost()
         strength = state["period_strength"] if state["period_strength"] is not None else state["strength"]
@@ -306,6 +305,10 @@ class StructureLearner:
             raise ValueError("StructureLearner.step needs the step's learning rate: pass lr=..., or give the "
                              "optimizer to the constructor (optimizer=...)")
         return max(float(g["lr"]) for g in self.optimizer.param_groups)
+
+    def _preconditioner(self):
+        """Each channel's pull scale in the optimizer's metric (None for SGD), read only when a step pulls."""
+        return self.reg.preconditioner(self.optimizer) if self.optimizer is not None else None
 
     def _base_rate(self) -> float:
         """A scheduler's base learning rate (torch schedulers record it as ``initial_lr``), else 0."""

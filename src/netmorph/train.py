@@ -202,7 +202,7 @@ def _loader_batches(data, position: dict | None, state: dict):
         torch.set_rng_state(state["epoch_rng"])
         set_loader_rng_state(data, state["loader_rng"])
     it = iter(data)
-    for i in range(first):
+    for _ in range(first):
         next(it)
     if first:
         torch.set_rng_state(now)

@@ -77,9 +77,9 @@ def metrics(models: dict, test, example, resource: str, hardware, batch: int = 6
         latency = measure_latency(models, xb)
     finally:
         torch.set_num_threads(threads)
-    out = {}
+    out, n_test = {}, examples(test)
     for name, m in models.items():
-        row = {"test_acc": evaluate(m, test), "test_n": examples(test), "flops": count_flops(m, example), "params": count_params(m),
+        row = {"test_acc": evaluate(m, test), "test_n": n_test, "flops": count_flops(m, example), "params": count_params(m),
                "latency_ms": latency[name], "latency_batch": len(xb)}
         if resource != "flops":
             row[resource] = count_cost(m, example, resource, hardware)
