@@ -1,7 +1,7 @@
 """The few ``torch.distributed`` facts training needs, all no-ops in a single process.
 
 Under ``torchrun --nproc_per_node=N`` every rank runs the same code: :func:`setup` joins the process
-group (gloo on CPU, NCCL when each rank has a GPU), :func:`wrap` puts the model in
+group (gloo; with GPUs, NCCL for CUDA tensors and gloo for the CPU ones), :func:`wrap` puts the model in
 DistributedDataParallel for the training steps, and the helpers below keep every decision that
 depends on a measured number (validation accuracy, a loss, Ctrl-C) identical on all ranks, so
 every rank learns the same structure. Only rank 0 writes files (:func:`is_main`).
@@ -28,7 +28,8 @@ def setup() -> None:
     """Join the process group torchrun describes in the environment (nothing without it), with a
     collective timeout of ``NETMORPH_DIST_TIMEOUT`` seconds (default 60)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not td.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        # with GPUs, gradients (CUDA tensors) go through NCCL and the few CPU numbers below through gloo
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         text = os.environ.get(TIMEOUT_ENV, str(TIMEOUT_DEFAULT))
         try:
             seconds = float(text)
@@ -112,7 +113,15 @@ def wrap(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` in DistributedDataParallel when running under torch.distributed, else itself."""
     if not active():
         return model
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    if device.type == "cuda":
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index])
     return torch.nn.parallel.DistributedDataParallel(model)
+
+
+def local_rank() -> int:
+    """This process's index on its machine (torchrun's ``LOCAL_RANK``): the GPU it trains on."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def barrier() -> None:

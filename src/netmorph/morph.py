@@ -177,6 +177,8 @@ def regularize(model, train, val, example_inputs, target: float, recipe: Recipe,
                                check_every=max(1, steps // checks), log=log)
     opt = make_optimizer(model, recipe, learner.no_decay_parameters())
     gen = torch.Generator().manual_seed(recipe.seed)
+    if recipe.channels_last:
+        model.to(memory_format=torch.channels_last)
     if state is None:
         learner.state["strength"] = strength if strength is not None else \
             initial_strength(learner.reg, recipe, steps, target, approach)
@@ -199,7 +201,8 @@ def regularize(model, train, val, example_inputs, target: float, recipe: Recipe,
             save(exc.position)
             raise
         state["position"] = None
-        row = learner.evaluate(lambda: dist.mean(accuracy(model, val)))
+        row = learner.evaluate(lambda: dist.mean(accuracy(model, val, amp=recipe.amp,
+                                                          channels_last=recipe.channels_last)))
         log(f"epoch {epoch + 1}/{recipe.epochs}: alive {resource} {row['cost']:,.0f} "
             f"({row['cost'] / learner.state['initial']:.0%}), target path {learner.path((epoch + 1) * steps):,.0f}, "
             f"strength {row['strength']:.3g}/cost, val acc {row['metric']:.4f}"

@@ -5,12 +5,20 @@ decay (not on the gammas a regularizer reads), a one-cycle schedule (linear warm
 learning rate over ``warmup`` of the steps, then cosine down to zero), random crop with padding and
 horizontal flips. A regularizer, if given to :func:`fit` with a fixed strength, is applied with its
 proximal step after every optimizer step at that step's learning rate.
+
+Where it runs: on the device of the model's parameters (move the model, e.g. ``model.cuda()``; the
+data stay where they are and each batch is moved as it is used). ``Recipe.amp`` runs the forward
+pass and the loss under ``torch.autocast`` (``"bf16"``, or ``"fp16"`` with a ``GradScaler`` whose
+skipped steps are not counted as steps by a regularizer's pull); ``Recipe.channels_last`` stores the
+model's 4-d weights and every 4-d batch in the channels-last memory format (faster convolutions on
+recent GPUs). Both default to off: on a CPU they rarely help.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import time
+import weakref
 from typing import Callable
 
 import torch
@@ -29,6 +37,56 @@ class Recipe:
     flip: bool = True
     seed: int = 0
     schedule: str = "one_cycle"     # or "constant": the same warm-up, then the peak rate to the end
+    amp: str = "off"                # "bf16" or "fp16": mixed precision (autocast) for forward and loss
+    channels_last: bool = False     # 4-d weights and batches in the channels-last memory format
+
+
+AMP = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Where ``model`` runs: the device of its first parameter (or buffer); the CPU if it has none."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def to_device(x, device: torch.device, channels_last: bool = False):
+    """``x`` (a tensor, or lists / tuples / dicts of them) on ``device``; 4-d float tensors in the
+    channels-last memory format if asked. Anything else is returned as it is."""
+    if torch.is_tensor(x):
+        x = x.to(device, non_blocking=True)
+        if channels_last and x.dim() == 4 and x.is_floating_point():
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_device(v, device, channels_last) for v in x)
+    if isinstance(x, dict):
+        return {k: to_device(v, device, channels_last) for k, v in x.items()}
+    return x
+
+
+def autocast(recipe_or_amp, device: torch.device):
+    """The ``torch.autocast`` context of ``Recipe.amp`` (or an amp name) on ``device``; a no-op when off."""
+    amp = getattr(recipe_or_amp, "amp", recipe_or_amp) or "off"
+    if amp not in AMP:
+        raise ValueError(f"amp must be one of {', '.join(AMP)}, got {amp!r}")
+    return torch.autocast(device.type, dtype=AMP[amp], enabled=AMP[amp] is not None)
+
+
+_SCALERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()    # optimizer -> its fp16 GradScaler
+
+
+def grad_scaler(opt, recipe, device: torch.device):
+    """The ``GradScaler`` of ``opt`` under ``recipe.amp == "fp16"`` (made once per optimizer, so
+    :func:`training_state` saves it beside the optimizer); ``None`` otherwise."""
+    if getattr(recipe, "amp", "off") != "fp16":
+        return None
+    if opt not in _SCALERS:
+        _SCALERS[opt] = torch.amp.GradScaler(device.type)
+    return _SCALERS[opt]
 
 
 def one_cycle(step: int, total: int, peak: float, warmup: float) -> float:
@@ -75,8 +133,11 @@ def make_optimizer(model: nn.Module, recipe: Recipe, no_decay=()) -> torch.optim
 def training_state(model: nn.Module, opt, generator: torch.Generator) -> dict:
     """What continuing a training loop exactly needs: the weights, the optimizer, the generator of the
     batch order and augmentation, and torch's global generator (dropout)."""
-    return {"model": model.state_dict(), "opt": opt.state_dict(), "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state()}
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "generator": generator.get_state(),
+             "torch_rng": torch.get_rng_state()}
+    if opt in _SCALERS:        # fp16: the loss scale goes on where it was
+        state["scaler"] = _SCALERS[opt].state_dict()
+    return state
 
 
 def load_training_state(state: dict, model: nn.Module, opt, generator: torch.Generator) -> None:
@@ -86,6 +147,8 @@ def load_training_state(state: dict, model: nn.Module, opt, generator: torch.Gen
     generator.set_state(state["generator"])
     if "torch_rng" in state:
         torch.set_rng_state(state["torch_rng"])
+    if state.get("scaler"):         # trained under fp16: the loss scale goes on where it was
+        grad_scaler(opt, Recipe(amp="fp16"), device_of(model)).load_state_dict(state["scaler"])
 
 
 def is_loader(data) -> bool:
@@ -115,24 +178,33 @@ def _pair(batch, what: str):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x, y: torch.Tensor | None = None, batch_size: int = 500) -> float:
-    """Top-1 accuracy of ``model`` (in eval mode) on ``x, y``, or on the batches of a loader ``x``."""
+def evaluate(model: nn.Module, x, y: torch.Tensor | None = None, batch_size: int = 500, amp: str = "off",
+             channels_last: bool = False) -> float:
+    """Top-1 accuracy of ``model`` (in eval mode) on ``x, y``, or on the batches of a loader ``x``; each
+    batch moved to the model's device (``channels_last`` as in :func:`to_device`), the forward pass
+    under ``amp`` (:func:`autocast`)."""
     was = model.training
     model.eval()
-    if y is None and is_loader(x):
-        correct = n = 0
-        for batch in x:
-            xb, yb = _pair(batch, "validation")
-            correct += (model(xb).argmax(1) == yb).sum().item()
-            n += len(yb)
+    device = device_of(model)
+
+    def correct_in(xb, yb) -> int:
+        with autocast(amp, device):
+            out = model(to_device(xb, device, channels_last))
+        return (out.argmax(1) == to_device(yb, device)).sum().item()
+    try:
+        if y is None and is_loader(x):
+            correct = n = 0
+            for batch in x:
+                xb, yb = _pair(batch, "validation")
+                correct += correct_in(xb, yb)
+                n += len(yb)
+            return correct / max(1, n)
+        if y is None:
+            x, y = x
+        correct = sum(correct_in(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size))
+        return correct / max(1, len(x))
+    finally:
         model.train(was)
-        return correct / max(1, n)
-    if y is None:
-        x, y = x
-    correct = sum((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
-                  for i in range(0, len(x), batch_size))
-    model.train(was)
-    return correct / max(1, len(x))
 
 
 class Interrupted(Exception):
@@ -242,6 +314,8 @@ def train_epoch(model, opt, data, recipe: Recipe, epoch: int, generator: torch.G
     batches = _loader_batches(data, position, where) if loader else \
         ((i, idx) for i, idx in enumerate(order.split(recipe.batch_size)) if i >= first)
     rank, world = dist.rank(), dist.world_size()
+    device = device_of(model)
+    scaler = grad_scaler(opt, recipe, device)
     for i, batch in batches:
         step = epoch * steps + i
         lr = learning_rate(step, total, recipe)
@@ -254,14 +328,24 @@ def train_epoch(model, opt, data, recipe: Recipe, epoch: int, generator: torch.G
             yb = data[1][batch]
         if world > 1:
             xb, yb = xb[rank::world], yb[rank::world]
-        loss = criterion(model(xb), xb, yb)
+        xb, yb = to_device(xb, device, recipe.channels_last), to_device(yb, device)
+        with autocast(recipe, device):
+            loss = criterion(model(xb), xb, yb)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the training loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
                                      "lower the learning rate or the regularization strength")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if after_step is not None:
+        if scaler is None:
+            loss.backward()
+            opt.step()
+            counted = True
+        else:       # fp16: a step with non-finite gradients is skipped and the scale lowered
+            before = scaler.get_scale()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            counted = scaler.get_scale() >= before
+        if after_step is not None and counted:
             after_step(step, lr)
         losses.append(dist.mean(loss.item()))
         if on_batch is not None:
@@ -287,6 +371,9 @@ def fit(model, train, val, recipe: Recipe, reg=None, strength: float = 0.0, log=
     from . import dist
     generator = generator or torch.Generator().manual_seed(recipe.seed)
     opt = opt or make_optimizer(model, recipe, reg.source_parameters() if reg is not None else ())
+    grad_scaler(opt, recipe, device_of(model))         # fp16: made now, so a checkpoint holds its state
+    if recipe.channels_last:
+        model.to(memory_format=torch.channels_last)
     history = list(history or [])
     stepper = dist.wrap(model)
     pull = (lambda step, lr: reg.proximal_step(lr, strength)) if reg is not None and strength else None
@@ -300,7 +387,8 @@ def fit(model, train, val, recipe: Recipe, reg=None, strength: float = 0.0, log=
                 checkpoint(epoch, opt, generator, history, exc.position)
             raise
         position = None
-        row = {"epoch": epoch + 1, "loss": loss, "val_acc": dist.mean(evaluate(model, val)),
+        row = {"epoch": epoch + 1, "loss": loss,
+               "val_acc": dist.mean(evaluate(model, val, amp=recipe.amp, channels_last=recipe.channels_last)),
                "seconds": time.time() - t}
         if reg is not None:
             row["cost"] = reg.cost()

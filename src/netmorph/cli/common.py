@@ -44,6 +44,59 @@ def version() -> str:
         return __version__
 
 
+# -- where training runs ---------------------------------------------------------------------------
+def resolve_device(text: str) -> torch.device:
+    """``--device``: ``auto`` (CUDA when present, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; a usage
+    error for a device this machine does not have. Under torchrun each rank trains on its own GPU
+    (``cuda:LOCAL_RANK``), or all on the CPU."""
+    text = (text or "auto").strip()
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise UsageError(f"--device {text!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {text}: netmorph trains on cpu or cuda")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {text}: this machine has no CUDA device torch can use "
+                             f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        if dist.active():
+            if device.index is not None:
+                raise UsageError(f"--device {text} under torchrun: each rank takes the GPU of its LOCAL_RANK; give "
+                                 "--device cuda (choose the GPUs with CUDA_VISIBLE_DEVICES)")
+            device = torch.device("cuda", dist.local_rank())
+            if device.index >= torch.cuda.device_count():
+                raise UsageError(f"torchrun started more ranks on this machine than it has GPUs "
+                                 f"({torch.cuda.device_count()}); use --nproc_per_node={torch.cuda.device_count()}")
+        if device.index is not None:
+            torch.cuda.set_device(device)
+    return device
+
+
+def resolve_amp(text: str, device: torch.device) -> str:
+    """``--amp``: ``auto`` is bf16 on a GPU that has it, else fp16 (with a grad scaler) on a GPU, and
+    off on the CPU (bf16 autocast on a CPU is slower than fp32 for these networks)."""
+    if text != "auto":
+        return text
+    if device.type != "cuda":
+        return "off"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def resolve_channels_last(text: str, device: torch.device) -> bool:
+    """``--channels-last``: ``auto`` is on for a GPU (tensor-core convolutions want it), off on the CPU."""
+    return device.type == "cuda" if text == "auto" else text == "on"
+
+
+def cpu_state(model: nn.Module) -> dict:
+    """The model's state dict on the CPU, contiguous: what ``final/model.pt`` holds, loadable anywhere."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
 def parse_resource(text: str) -> tuple[str, str | None]:
     """``flops``, ``size``, ``latency``, ``latency:HW`` (a roofline of :data:`~netmorph.costs.HARDWARE`),
     ``latency:cpu``, ``latency:cpu@BATCH``, ``latency:cuda`` (measured here) or ``latency:FILE.json``

@@ -80,10 +80,18 @@ def add_common(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed: the same seed gives the same structure (default 0)")
     p.add_argument("--out", default=None, help="run directory (default runs/<command>-<model>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
+    p.add_argument("--device", default="auto", help="where to train: auto (CUDA when present, else the CPU), cpu, "
+                   "cuda or cuda:N. Not saved with the run: --resume continues on this machine's device")
+    p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto", help="mixed precision for "
+                   "training: auto is bf16 on a GPU that has it, else fp16 with a grad scaler, and off on the CPU")
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto", help="channels-last memory "
+                   "format for 4-d weights and batches: auto is on for a GPU, off on the CPU")
 
 
-def recipe_for(args, data):
-    changes = {"seed": args.seed}
+def recipe_for(args, data, device):
+    args.amp = C.resolve_amp(args.amp, device)                  # saved resolved: --resume trains the same way
+    args.channels_last = "on" if C.resolve_channels_last(args.channels_last, device) else "off"
+    changes = {"seed": args.seed, "amp": args.amp, "channels_last": args.channels_last == "on"}
     if args.epochs is not None:
         changes["epochs"] = args.epochs
     if args.lr is not None:
@@ -106,12 +114,13 @@ def setup(args, command: str):
         data = load_data(args.data, seed=args.seed, image_size=args.image_size)
     except ValueError as exc:
         raise C.UsageError(str(exc)) from None
-    recipe = recipe_for(args, data)
+    device = C.resolve_device(args.device)
+    recipe = recipe_for(args, data, device)
     in_ch = int(data.example.shape[1])
     C.load_model(args.model, data.num_classes, in_ch)          # fails early on a bad --model
 
     def build():
-        return C.load_model(args.model, data.num_classes, in_ch)
+        return C.load_model(args.model, data.num_classes, in_ch).to(device)
     try:
         build_graph(build(), data.example)
     except GraphRecordError as exc:
@@ -146,7 +155,7 @@ def restore(args, command: str) -> None:
         saved = C.read_config(out)
         if saved.get("command") != command:
             raise C.UsageError(f"--resume: {out} is a 'netmorph {saved.get('command')}' run, not '{command}'")
-        args.__dict__.update({k: v for k, v in saved["args"].items() if k not in ("resume", "out")})
+        args.__dict__.update({k: v for k, v in saved["args"].items() if k not in ("resume", "out", "device")})
 
 
 def run(args) -> int:
@@ -228,7 +237,7 @@ def report(args, out, data, build, recipe, resource, hardware, result, baseline,
         info.expanded.save(out / f"round{r + 1}_expanded_structure.json")
     (out / "final").mkdir(exist_ok=True)
     result["structure"].save(out / "final" / "structure.json")
-    torch.save(final.state_dict(), out / "final" / "model.pt")
+    torch.save(C.cpu_state(final), out / "final" / "model.pt")
     models = {"original": baseline if baseline is not None else build(), "learned": learned, "final": final}
     rows = metrics(models, data.test, example, resource, hardware)
     onnx_note = onnx_files(models, rows, out, data, hardware)

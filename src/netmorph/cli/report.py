@@ -33,6 +33,16 @@ def interleaved_times(models: dict, x: torch.Tensor, repeats: int = 20, warmup: 
     return times
 
 
+def on_cpu(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` itself when it is on the CPU, else a CPU copy: latency is measured, and ONNX exported,
+    on this machine's CPU whatever device trained the model."""
+    import copy
+    from ..train import device_of
+    if device_of(model).type == "cpu":
+        return model
+    return copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format)
+
+
 def measure_latency(models: dict, x: torch.Tensor, repeats: int = 20, warmup: int = 3) -> dict:
     """Median milliseconds of one forward pass of each model on ``x``, interleaved."""
     return {k: 1000 * float(np.median(v)) for k, v in interleaved_times(models, x, repeats, warmup).items()}
@@ -74,7 +84,7 @@ def metrics(models: dict, test, example, resource: str, hardware, batch: int = 6
         torch.set_num_threads(hardware.key["threads"] or threads)
     xb = first_images(test, batch)
     try:
-        latency = measure_latency(models, xb)
+        latency = measure_latency({k: on_cpu(m) for k, m in models.items()}, xb)
     finally:
         torch.set_num_threads(threads)
     out, n_test = {}, examples(test)
@@ -102,7 +112,7 @@ def onnx_files(models: dict, rows: dict, out, data, hardware=None) -> str | None
     batch = rows[next(iter(rows))]["latency_batch"]
     x = first_images(data.test, batch)
     try:
-        return _onnx_files(models, rows, out, x, hardware)
+        return _onnx_files({k: on_cpu(m) for k, m in models.items()}, rows, out, x, hardware)
     except Exception as exc:  # noqa: BLE001 - a deployment check must not lose the run's report
         return f"ONNX: the export or its check in onnxruntime failed ({type(exc).__name__}: {exc})."
 

@@ -111,7 +111,7 @@ def run(args) -> int:
     rows = metrics({"original": teacher, "searched": searched, "final": student}, data.test, example, "flops", None)
     (out / "final").mkdir(exist_ok=True)
     structure.save(out / "final" / "structure.json")
-    torch.save(student.state_dict(), out / "final" / "model.pt")
+    torch.save(C.cpu_state(student), out / "final" / "model.pt")
     pics = plot_widths(out / "widths.png", structure.original, {"found": structure})
     pics &= plot_search(out / "training.png", search_hist, teacher_hist, kd_hist, target, full)
     undecided = verdict(search_hist)

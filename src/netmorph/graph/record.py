@@ -255,6 +255,26 @@ def as_input_tuple(example_inputs: Any) -> tuple:
                     "([image],) for a model that takes a list of images")
 
 
+def _on_device_of(model: nn.Module, inputs: tuple) -> tuple:
+    """``inputs`` moved to the device of the model's first parameter (or buffer), so example inputs
+    made on the CPU record a model on a GPU; unchanged when the model has neither."""
+    first = next(iter(model.parameters()), None)
+    if first is None:
+        first = next(iter(model.buffers()), None)
+    if first is None or all(t.device == first.device for t in flatten_tensors(inputs)):
+        return inputs
+
+    def move(x):
+        if isinstance(x, torch.Tensor):
+            return x.to(first.device)
+        if isinstance(x, (list, tuple)):
+            return type(x)(move(v) for v in x)
+        if isinstance(x, dict):
+            return {k: move(v) for k, v in x.items()}
+        return x
+    return tuple(move(x) for x in inputs)
+
+
 def input_shapes(inputs: tuple) -> list[list[int]] | None:
     """The shapes of plain tensor arguments (what a Structure records to rebuild them alone), or None
     when an argument is a list or dict (the structure then needs its example inputs passed again)."""
@@ -266,7 +286,7 @@ def record(model: nn.Module, example_inputs: Any) -> Recording:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     model = unwrap(model)
-    inputs = as_input_tuple(example_inputs)
+    inputs = _on_device_of(model, as_input_tuple(example_inputs))
     modes = {m: m.training for m in model.modules()}
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     flops = FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS)
@@ -275,7 +295,7 @@ def record(model: nn.Module, example_inputs: Any) -> Recording:
     for m in model.modules():
         handles.append(m.register_forward_pre_hook(rec.pre_hook))
         handles.append(m.register_forward_hook(rec.post_hook))
-    devices = [t.device for t in flatten_tensors(inputs) if t.device.type != "cpu"]
+    devices = [t.device for t in flatten_tensors(inputs) if t.device.type == "cuda"]
     try:
         model.eval()
         with torch.random.fork_rng(devices=devices), torch.enable_grad(), flops, rec:
