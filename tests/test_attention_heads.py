@@ -397,3 +397,32 @@ def test_t5_heads_are_tied_across_each_stack_by_the_shared_position_bias_and_sta
         assert (small(*x) - before).abs().max() <= 1e-5 * before.abs().max()
     assert all(a.n_heads == 4 and a.q.weight.shape == (64, 64) for a in small.modules() if hasattr(a, "n_heads"))
     assert small.model.encoder.block[0].layer[1].DenseReluDense.wi.out_features < 256
+
+
+@pytest.mark.parametrize("name", ["bert", "hf_vit"])
+def test_unequal_heads_per_layer_save_and_reload(name, tmp_path, one_thread):
+    """Layer 0 keeps 3 heads, layer 1 keeps 2: ``netmorph.save`` writes the widths and weights,
+    ``netmorph.load`` rebuilds the network from a fresh model, head-count attributes included, without
+    example inputs (token ids are recorded as int64). A Hugging Face config holds one head count for
+    every layer: ``from_pretrained`` of the pruned model's ``save_pretrained`` refuses the shapes."""
+    transformers = pytest.importorskip("transformers")
+    model, x, find = MODELS[name]()
+    for where, heads in zip(find(model), ([1], [0, 2])):
+        kill(where, heads)
+    reg = netmorph.GroupLassoFlopsRegularizer(model, x, threshold=0.0)
+    small = netmorph.prune(model, reg).eval()
+    netmorph.save(small, reg.structure(), tmp_path / "pruned")
+    assert ("int64" in (tmp_path / "pruned" / "structure.json").read_text()) == (name == "bert")
+    fresh, _, _ = MODELS[name]()
+    back = netmorph.load(fresh, tmp_path / "pruned").eval()
+    with torch.no_grad():
+        assert torch.equal(back(x), small(x))
+    for layer, kept in zip(find(back), (3, 2)):
+        assert layer.o.weight.shape == (64, 16 * kept)
+        assert vars(layer.module)["num_attention_heads"] == kept and vars(layer.module).get("all_head_size", 16 * kept) == 16 * kept
+    assert netmorph.count_flops(back, x) == netmorph.count_flops(small, x) < netmorph.count_flops(fresh, x)
+    with pytest.raises(ValueError, match="the structure gives .* 64 output channels, the model has 48"):
+        netmorph.save(small, {n: l.width for n, l in reg.graph.layers.items()}, tmp_path / "wrong")
+    small.model.save_pretrained(tmp_path / "hf")
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        type(small.model).from_pretrained(tmp_path / "hf")
