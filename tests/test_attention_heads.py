@@ -1,6 +1,8 @@
 """Attention heads prune exactly on real transformer code built from tiny configs (nothing downloaded):
-timm's ViT, Hugging Face BERT, ViT, Llama (multi-head and grouped-query) and GPT-2 (fused ``Conv1D`` split by
-``split_size``), eval mode, each with its
+timm's ViT, Hugging Face BERT, ViT, Llama (multi-head and grouped-query), GPT-2 (fused ``Conv1D`` split by
+``split_size``), BART and Whisper (encoder self-attention, decoder self- and cross-attention) and Wav2Vec2;
+T5's heads are tied across each stack by its shared relative position bias and stay frozen (the bias is an
+``nn.Embedding`` lookup no rule slices yet), eval mode, each with its
 fused attention (``F.scaled_dot_product_attention``) and its eager one (matmul, softmax, matmul; for
 grouped-query Llama through ``repeat_kv``). Heads are
 killed by hand -- their value rows and output-projection columns zeroed, as the group-lasso source
@@ -14,6 +16,7 @@ import torch
 from torch import nn
 
 import netmorph
+from netmorph.graph import build_graph
 from tests.conftest import reference_flops
 
 
@@ -268,3 +271,158 @@ def test_adam_preconditioner_reads_heads_from_their_output_columns(one_thread):
     columns = (1 / (v.sqrt() + 1e-8)).mean(0).reshape(4, 8).mean(1).double().numpy()
     head_ids = np.flatnonzero(reg.graph.heads)
     assert np.allclose(scale[head_ids] / scale[head_ids].mean(), columns / columns.mean())
+
+
+class Seq2Seq(nn.Module):
+    """An encoder-decoder's last decoder state for (encoder input, decoder ids), no key/value cache."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, source, ids):
+        return self.model(source, decoder_input_ids=ids, use_cache=False).last_hidden_state
+
+
+def bart(impl):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BartConfig(vocab_size=100, d_model=64, encoder_layers=2, decoder_layers=2,
+                                     encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=256,
+                                     decoder_ffn_dim=256, max_position_embeddings=64, attn_implementation=impl)
+    return Seq2Seq(transformers.BartModel(config).eval()).eval(), (torch.randint(3, 100, (2, 12)),
+                                                                   torch.randint(3, 100, (2, 8)))
+
+
+def whisper(impl):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.WhisperConfig(vocab_size=100, d_model=64, encoder_layers=2, decoder_layers=2,
+                                        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=256,
+                                        decoder_ffn_dim=256, num_mel_bins=16, max_source_positions=16,
+                                        max_target_positions=32, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                        decoder_start_token_id=1, attn_implementation=impl)
+    return Seq2Seq(transformers.WhisperModel(config).eval()).eval(), (torch.randn(2, 16, 32),   # 16 mel bins, 32 frames
+                                                                      torch.randint(3, 100, (2, 8)))
+
+
+def wav2vec2(impl):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.Wav2Vec2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+                                         conv_dim=(32, 32), conv_stride=(5, 2), conv_kernel=(10, 3),
+                                         num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, vocab_size=20,
+                                         attn_implementation=impl)
+    return Out(transformers.Wav2Vec2Model(config).eval(), "last_hidden_state").eval(), (torch.randn(2, 400),)
+
+
+def bart_style_attention(model):
+    """Every attention module with ``q_proj``/``v_proj``/``out_proj`` (BART, Whisper, Wav2Vec2), in order."""
+    return [m for m in model.modules() if all(hasattr(m, a) for a in ("q_proj", "v_proj", "out_proj"))]
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("family", ["bart", "whisper", "wav2vec2"])
+def test_encoder_decoder_and_speech_heads_prune_exactly(family, impl, one_thread):
+    """Self-attention of the encoder, self- and cross-attention of the decoder (BART, Whisper: 6 modules),
+    Wav2Vec2's encoder (2): head 1 killed in the even modules, heads 0 and 2 in the odd ones."""
+    model, x = {"bart": bart, "whisper": whisper, "wav2vec2": wav2vec2}[family](impl)
+    attns = bart_style_attention(model)
+    assert len(attns) == (2 if family == "wav2vec2" else 6)
+    killed = [[1] if i % 2 == 0 else [0, 2] for i in range(len(attns))]
+    for a, heads in zip(attns, killed):
+        kill(Heads(a, a.v_proj, a.out_proj, a.num_heads, a.head_dim), heads)
+    with torch.no_grad():
+        before = model(*x)
+    reg = netmorph.GroupLassoFlopsRegularizer(model, x, threshold=0.0)
+    assert reg.graph.heads.sum() == 4 * len(attns)                       # every head of every module is a channel
+    small = netmorph.prune(model, reg).eval()
+    with torch.no_grad():
+        after = small(*x)
+    assert before.abs().max() > 0.1 and (after - before).abs().max() <= 1e-5 * before.abs().max()
+    for a, heads in zip(bart_style_attention(small), killed):
+        kept = 4 - len(heads)
+        assert a.num_heads == kept and a.head_dim == 16 and a.embed_dim == 64        # embed_dim: the hidden size
+        assert a.q_proj.weight.shape == a.k_proj.weight.shape == a.v_proj.weight.shape == (16 * kept, 64)
+        assert a.out_proj.weight.shape == (64, 16 * kept)
+    assert netmorph.count_flops(small, x) == reg.cost() == reference_flops(small, *x) < reference_flops(model, *x)
+
+
+def t5(impl):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.T5Config(vocab_size=100, d_model=64, d_kv=16, d_ff=256, num_layers=2, num_decoder_layers=2,
+                                   num_heads=4, relative_attention_num_buckets=8, decoder_start_token_id=0,
+                                   attn_implementation=impl)
+    return Seq2Seq(transformers.T5Model(config).eval()).eval(), (torch.randint(0, 100, (2, 12)),
+                                                                 torch.randint(0, 100, (2, 8)))
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_t5_heads_are_tied_across_each_stack_by_the_shared_position_bias_and_stay_frozen(impl, one_thread):
+    """T5 computes its relative position bias ``[1, heads, q, k]`` once per stack (an ``nn.Embedding`` of
+    ``heads`` columns, in the first layer) and adds it to every layer's scores; cross-attention adds a
+    zero bias made in the first cross-attention layer. Head h of every layer of a stack reads the same
+    bias slice, so the heads are tied across the stack (eager: the one bias tensor is added to every
+    layer's scores; sdpa merges it with the mask into a new tensor per layer); the bias itself is made by ops
+    no rule slices (a lookup, ``torch.zeros``): the heads are frozen and ``explain`` says why. The MLPs still
+    prune exactly."""
+    model, x = t5(impl)
+    graph = build_graph(model, x)
+
+    def heads(attn):
+        return set(graph.layers[f"model.{attn}.q"].out.tolist())
+    for stack, attn in (("encoder", "layer.0.SelfAttention"), ("decoder", "layer.0.SelfAttention"),
+                        ("decoder", "layer.1.EncDecAttention")):
+        first, second = heads(f"{stack}.block.0.{attn}"), heads(f"{stack}.block.1.{attn}")
+        assert len(first) == len(second) == 4
+        assert first == second or impl == "sdpa"                      # head h of layer 0 is head h of layer 1
+        why = graph.frozen[min(first)]
+        assert why is not None and graph.frozen[min(second)] is not None
+        bias = "zeros" if "EncDec" in attn else ("relative_attention_bias" if stack == "encoder" or impl == "eager"
+                                                  else "where")       # sdpa's decoder: bias merged with the causal mask
+        assert bias in why, why
+        if impl == "sdpa":
+            assert why.startswith(f"attention heads in 'model.{stack}.block.0.{attn}' read a mask that differs per head")
+    assert heads("encoder.block.0.layer.0.SelfAttention").isdisjoint(heads("decoder.block.0.layer.0.SelfAttention"))
+    text = netmorph.explain(model, x)                                  # (self-attention: the channels' reasons above;
+    assert "'zeros' in 'model.decoder.block.0.layer.1.EncDecAttention'" in text     # explain labels merged groups)
+    reg = netmorph.GroupLassoFlopsRegularizer(model, x, threshold=0.0)
+    assert not reg.regularized[reg.graph.heads].any()
+    reg.zero_channels(np.flatnonzero(reg.regularized)[::3])              # a third of the MLP channels
+    with torch.no_grad():
+        before = model(*x)
+    small = netmorph.prune(model, reg).eval()
+    with torch.no_grad():
+        assert (small(*x) - before).abs().max() <= 1e-5 * before.abs().max()
+    assert all(a.n_heads == 4 and a.q.weight.shape == (64, 64) for a in small.modules() if hasattr(a, "n_heads"))
+    assert small.model.encoder.block[0].layer[1].DenseReluDense.wi.out_features < 256
+
+
+@pytest.mark.parametrize("name", ["bert", "hf_vit"])
+def test_unequal_heads_per_layer_save_and_reload(name, tmp_path, one_thread):
+    """Layer 0 keeps 3 heads, layer 1 keeps 2: ``netmorph.save`` writes the widths and weights,
+    ``netmorph.load`` rebuilds the network from a fresh model, head-count attributes included, without
+    example inputs (token ids are recorded as int64). A Hugging Face config holds one head count for
+    every layer: ``from_pretrained`` of the pruned model's ``save_pretrained`` refuses the shapes."""
+    transformers = pytest.importorskip("transformers")
+    model, x, find = MODELS[name]()
+    for where, heads in zip(find(model), ([1], [0, 2])):
+        kill(where, heads)
+    reg = netmorph.GroupLassoFlopsRegularizer(model, x, threshold=0.0)
+    small = netmorph.prune(model, reg).eval()
+    netmorph.save(small, reg.structure(), tmp_path / "pruned")
+    assert ("int64" in (tmp_path / "pruned" / "structure.json").read_text()) == (name == "bert")
+    fresh, _, _ = MODELS[name]()
+    back = netmorph.load(fresh, tmp_path / "pruned").eval()
+    with torch.no_grad():
+        assert torch.equal(back(x), small(x))
+    for layer, kept in zip(find(back), (3, 2)):
+        assert layer.o.weight.shape == (64, 16 * kept)
+        assert vars(layer.module)["num_attention_heads"] == kept and vars(layer.module).get("all_head_size", 16 * kept) == 16 * kept
+    assert netmorph.count_flops(back, x) == netmorph.count_flops(small, x) < netmorph.count_flops(fresh, x)
+    with pytest.raises(ValueError, match="the structure gives .* 64 output channels, the model has 48"):
+        netmorph.save(small, {n: l.width for n, l in reg.graph.layers.items()}, tmp_path / "wrong")
+    small.model.save_pretrained(tmp_path / "hf")
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        type(small.model).from_pretrained(tmp_path / "hf")

@@ -1,4 +1,4 @@
-"""Hugging Face transformers built from small configs (nothing is downloaded). GPT-2's projections
+"""Hugging Face transformers (and HF ResNet and ConvNeXt) built from small configs (nothing is downloaded). GPT-2's projections
 are ``Conv1D`` layers (weight laid out ``[in, out]``, computed by ``addmm``) and its GELU is written
 out with ``pow`` and ``tanh``: its MLP hidden width is changeable and prunes exactly, and so are its
 attention heads (``c_attn(x).split(self.split_size, dim=2)``: tests/test_attention_heads.py). The
@@ -61,3 +61,60 @@ def test_gpt2_mlp_width_set_by_apply_structure_keeps_the_conv1d_layout(one_threa
     old = model.model.transformer.h[1].mlp.c_fc.weight
     kept = torch.sort(old.norm(dim=0).topk(96).indices).values
     assert torch.equal(h1.mlp.c_fc.weight, old[:, kept])
+
+
+class ImageLogits(nn.Module):
+    """An image classifier's logits."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x).logits
+
+
+def hf_resnet():
+    torch.manual_seed(0)
+    config = transformers.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="bottleneck",
+                                       num_labels=10)
+    return ImageLogits(transformers.ResNetForImageClassification(config).eval()).eval(), torch.randn(2, 3, 32, 32)
+
+
+def hf_convnext():
+    torch.manual_seed(0)
+    config = transformers.ConvNextConfig(hidden_sizes=[16, 32], depths=[1, 1], num_stages=2, num_labels=10)
+    return ImageLogits(transformers.ConvNextForImageClassification(config).eval()).eval(), torch.randn(2, 3, 32, 32)
+
+
+def test_hf_resnet_channels_all_change_and_prune_exactly(one_thread):
+    """Every conv of HF's ResNet (stem, bottleneck inner widths, each stage's residual width with its
+    shortcut conv) is changeable; 30% of the channels killed through the BatchNorm gammas prune exactly."""
+    model, x = hf_resnet()
+    graph = build_graph(model, x)
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 8 and all(graph.groups[int(graph.group_of[graph.layers[n].out[0]])].frozen is None for n in convs)
+    reg = netmorph.GammaFlopsRegularizer(model, x)
+    small = kill_and_prune_exactly(model, reg, x)
+    stage = small.model.resnet.encoder.stages[1].layers[0]
+    assert stage.layer[0].convolution.out_channels < 8 and stage.shortcut.convolution.out_channels < 32
+    assert netmorph.count_flops(small, x) == reg.cost() == reference_flops(small, x) < reference_flops(model, x)
+
+
+def test_hf_convnext_mlp_width_prunes_exactly_and_the_residual_width_waits_for_layernorm(one_thread):
+    """HF's ConvNeXt: each block's inverted-bottleneck width (``pwconv1``, a linear layer on channels-last
+    maps) prunes exactly; the residual width is read by a LayerNorm over channels (and a per-channel layer
+    scale), whose removal is not exact: it stays, and ``explain`` says which op keeps it."""
+    model, x = hf_convnext()
+    graph = build_graph(model, x)
+    blocks = [f"model.convnext.encoder.stages.{i}.layers.0" for i in (0, 1)]
+    for block in blocks:
+        assert graph.groups[int(graph.group_of[graph.layers[f"{block}.pwconv1"].out[0]])].frozen is None
+        assert "layer_norm" in graph.frozen[int(graph.layers[f"{block}.dwconv"].out[0])]
+    assert "FROZEN: touched by op 'layer_norm'" in netmorph.explain(model, x)
+    reg = netmorph.GroupLassoFlopsRegularizer(model, x, threshold=0.0)
+    small = kill_and_prune_exactly(model, reg, x)
+    for block, width in zip(blocks, (64, 128)):
+        fc1, fc2 = small.get_submodule(f"{block}.pwconv1"), small.get_submodule(f"{block}.pwconv2")
+        assert fc1.out_features == fc2.in_features < width
+    assert netmorph.count_flops(small, x) == reg.cost() == reference_flops(small, x) < reference_flops(model, x)

@@ -16,7 +16,7 @@ from .graph import ChannelGraph, GraphRecordError, build_graph
 from . import models
 from .latency import DeviceProfile, profile
 from .learner import StructureLearner
-from .load import load
+from .load import load, save
 from .regularizers import (GammaFlopsRegularizer, GammaLatencyRegularizer, GammaModelSizeRegularizer,
                            GroupLassoFlopsRegularizer, GroupLassoLatencyRegularizer,
                            GroupLassoModelSizeRegularizer)
@@ -27,7 +27,7 @@ from .tas import TAS, distill, kd_loss
 
 __all__ = [
     "HARDWARE", "RESOURCES", "Hardware", "count_flops", "count_params", "explain", "ChannelGraph",
-    "GraphRecordError", "build_graph", "models", "Structure", "prune", "PruneReport", "apply_structure", "expand", "load",
+    "GraphRecordError", "build_graph", "models", "Structure", "prune", "PruneReport", "apply_structure", "expand", "load", "save",
     "GammaFlopsRegularizer", "GammaModelSizeRegularizer", "GammaLatencyRegularizer",
     "TAS", "kd_loss", "distill", "GroupLassoFlopsRegularizer", "GroupLassoModelSizeRegularizer", "GroupLassoLatencyRegularizer",
     "DeviceProfile", "profile", "export_onnx", "export_program", "StructureLearner",

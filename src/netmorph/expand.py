@@ -16,7 +16,7 @@ from .costs import Hardware, check_resource, evaluate, get_hardware
 from .graph import ChannelGraph, build_graph
 from .graph.record import input_shapes
 from .resize import group_targets
-from .structure import Structure
+from .structure import Structure, input_dtypes
 
 
 def widths_cost(graph: ChannelGraph, group_widths: dict[int, int], resource="flops", hardware=None) -> float:
@@ -128,7 +128,7 @@ def expand(model, example_inputs, structure, budget: float, resource: str = "flo
         else:
             result[name] = layer.width // graph.groups[g].width * widths[g] if g in widths else layer.width
     out = Structure(result, original={n: l.width for n, l in graph.layers.items()},
-                    input_shapes=input_shapes(graph.example_inputs))
+                    input_shapes=input_shapes(graph.example_inputs), input_dtypes=input_dtypes(graph.example_inputs))
     out.omega = lo
     out.cost = cost(lo)
     out.round_to = round_to

@@ -33,7 +33,7 @@ from .costs import Hardware, check_resource, evaluate, get_hardware, op_bytes, o
 from .graph import build_graph
 from .graph.channel_graph import reads_columns
 from .graph.record import input_shapes, is_conv1d, unwrap
-from .structure import Structure
+from .structure import Structure, input_dtypes
 
 
 class _Regularizer:
@@ -128,7 +128,7 @@ class _Regularizer:
         alive = self.alive()
         return Structure({n: int(alive[l.out].sum()) for n, l in self.graph.layers.items()},
                          original={n: l.width for n, l in self.graph.layers.items()},
-                         input_shapes=input_shapes(self.graph.example_inputs))
+                         input_shapes=input_shapes(self.graph.example_inputs), input_dtypes=input_dtypes(self.graph.example_inputs))
 
     @torch.no_grad()
     def zero_channels(self, channels) -> None:

@@ -37,7 +37,8 @@ def _example(structure, example_inputs):
     shapes = getattr(structure, "input_shapes", None)
     if not shapes:
         raise ValueError("apply_structure needs example_inputs (the structure does not record its input shapes)")
-    return tuple(torch.zeros(s) for s in shapes)      # float32 zeros: only shapes matter here
+    dtypes = getattr(structure, "input_dtypes", None) or ["float32"] * len(shapes)
+    return tuple(torch.zeros(s, dtype=getattr(torch, d)) for s, d in zip(shapes, dtypes))   # only shapes matter here
 
 
 def group_targets(graph: ChannelGraph, widths: Mapping[str, int]) -> dict[int, int]:

@@ -11,17 +11,28 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+import torch
+
 
 def _strip(name: str) -> str:
     return name[len("module."):] if name.startswith("module.") else name
 
 
+def input_dtypes(inputs) -> list[str] | None:
+    """The dtypes of plain tensor example inputs by name (``"int64"``), or None when they are all float32
+    (what apply_structure assumes) or an argument is no tensor."""
+    if not all(isinstance(t, torch.Tensor) for t in inputs) or all(t.dtype == torch.float32 for t in inputs):
+        return None
+    return [str(t.dtype).removeprefix("torch.") for t in inputs]
+
+
 class Structure(Mapping):
     """Read-only ``{layer name: width}``; ``original`` holds the widths it was learned from and
-    ``input_shapes`` the shapes of the example inputs (so the structure can be applied alone)."""
+    ``input_shapes`` the shapes of the example inputs (so the structure can be applied alone),
+    ``input_dtypes`` their dtypes when they are not all float32 (None: float32)."""
 
     def __init__(self, widths: Mapping[str, int], original: Mapping[str, int] | None = None,
-                 input_shapes=None):
+                 input_shapes=None, input_dtypes=None):
         self._widths = {}
         for name, width in widths.items():
             if not isinstance(width, int) or isinstance(width, bool) or width < 0:
@@ -30,6 +41,10 @@ class Structure(Mapping):
         self.original = {_strip(str(k)): int(v) for k, v in (original or {}).items()}
         #: shapes of the example inputs the structure was learned with (apply_structure's default)
         self.input_shapes = [list(map(int, s)) for s in input_shapes] if input_shapes else None
+        self.input_dtypes = [str(d) for d in input_dtypes] if input_dtypes else None
+        bad = [d for d in self.input_dtypes or [] if not isinstance(getattr(torch, d, None), torch.dtype)]
+        if bad or (self.input_dtypes and len(self.input_dtypes) != len(self.input_shapes or [])):
+            raise ValueError(f"input_dtypes {self.input_dtypes} must name a torch dtype for every input shape")
 
     def __getitem__(self, name: str) -> int:
         return self._widths[_strip(name)]
@@ -48,8 +63,11 @@ class Structure(Mapping):
 
     # -- JSON --------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"format": "netmorph.structure/1", "widths": dict(self._widths), "original": dict(self.original),
+        data = {"format": "netmorph.structure/1", "widths": dict(self._widths), "original": dict(self.original),
                 "input_shapes": self.input_shapes}
+        if self.input_dtypes:
+            data["input_dtypes"] = self.input_dtypes
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "Structure":
@@ -59,7 +77,7 @@ class Structure(Mapping):
         if bad:
             raise ValueError(f"not a netmorph structure: the width of {bad[0]!r} is {data['widths'][bad[0]]!r}, "
                              "not a whole number of channels")
-        return cls(data["widths"], data.get("original") or None, data.get("input_shapes"))
+        return cls(data["widths"], data.get("original") or None, data.get("input_shapes"), data.get("input_dtypes"))
 
     def save(self, path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

@@ -46,7 +46,7 @@ class Attention(nn.Module):
         n = {"-1": -1, "attr": getattr(self, "num_heads", -1), "number": self.written}[self.count] if query else -1
         return t.view(B, N, n, self.head_dim).transpose(1, 2)
 
-    def forward(self, x):
+    def forward(self, x, bias=None):
         B, N, _ = x.shape
         q, k, v = self.split(self.q(x), True), self.split(self.k(x), False), self.split(self.v(x), False)
         rep = q.shape[1] // max(1, k.shape[1])
@@ -59,9 +59,9 @@ class Attention(nn.Module):
             gqa = {"enable_gqa": True}
         if self.eager:
             scores = (q * self.head_dim ** -0.5) @ k.transpose(-2, -1)
-            y = torch.matmul(scores.softmax(dim=-1), v)
+            y = torch.matmul((scores if bias is None else scores + bias).softmax(dim=-1), v)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, **gqa)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask if bias is None else bias, **gqa)
         return self.o(y.transpose(1, 2).reshape(B, N, -1))
 
 
@@ -156,6 +156,55 @@ def test_a_mask_per_head_freezes_the_heads():
     text = netmorph.explain(model, inp)
     assert heads_group(build_graph(model, inp)).frozen.startswith("touched by op 'scaled_dot_product_attention'")
     assert "scaled_dot_product_attention" in text
+
+
+class BiasedStack(nn.Module):
+    """Two attention layers adding one per-head position bias to their scores, computed once (as T5 computes
+    its relative position bias once per stack): a linear map of relative-position features, ``[N, N, 5] ->
+    [N, N, heads]``, moved to ``[1, heads, N, N]``."""
+
+    def __init__(self, eager):
+        super().__init__()
+        self.bias = nn.Linear(5, 4)
+        self.layers = nn.ModuleList([Attention(eager=eager), Attention(eager=eager)])
+
+    def forward(self, t, rel):
+        bias = self.bias(rel).permute(2, 0, 1).unsqueeze(0)
+        for layer in self.layers:
+            t = t + layer(t, bias)
+        return t
+
+
+@pytest.mark.parametrize("eager", [False, True], ids=["sdpa", "eager"])
+def test_a_per_head_bias_shared_by_layers_ties_their_heads(eager, one_thread):
+    """Head h of both layers and row h of the bias layer are one channel: dead only when head h is dead
+    in both layers (output columns zero); then it goes from both, with the bias row, exactly."""
+    torch.manual_seed(0)
+    model, inp = BiasedStack(eager).eval(), (x(), torch.randn(6, 6, 5))
+    graph = build_graph(model, inp)
+    heads = [set(graph.layers[f"layers.{i}.q"].out.tolist()) for i in (0, 1)]
+    assert len(heads[0]) == 4 and heads[0] == heads[1] == set(graph.layers["bias"].out.tolist())
+    assert graph.groups[int(graph.group_of[graph.layers["bias"].out[0]])].frozen is None
+    for layer in model.layers:
+        kill_heads(layer, [1])                           # head 1: dead in both layers
+    kill_heads(model.layers[0], [2])                     # head 2: dead in layer 0 only, so it stays
+    before = model(*inp)
+    reg = netmorph.GroupLassoFlopsRegularizer(model, inp, threshold=0.0)
+    assert reg.alive()[np.array(sorted(heads[0]))].tolist() == [True, False, True, True]
+    small = netmorph.prune(model, reg)
+    assert (small(*inp) - before).abs().max() <= 1e-5 * before.abs().max()
+    assert small.bias.weight.shape == (3, 5) and all(layer.q.weight.shape == (24, 32) for layer in small.layers)
+    assert netmorph.count_flops(small, inp) == reg.cost() == reference_flops(small, *inp) < reference_flops(model, *inp)
+
+
+def test_a_per_head_mask_made_by_an_unknown_op_freezes_the_heads_saying_so():
+    class Made(Attention):
+        def forward(self, t):
+            bias = torch.cumsum(t[:, :, :4], dim=1).mean(0).t()[:, None, :].expand(4, 6, 6)[None]    # [1, 4, 6, 6]
+            return super().forward(t, bias)
+    model, inp = Made().eval(), x()
+    why = heads_group(build_graph(model, inp)).frozen
+    assert why.startswith("attention heads read a mask that differs per head") and ": touched by op '" in why, why
 
 
 @pytest.mark.parametrize("repeat", [False, True], ids=["enable_gqa", "repeat_kv"])

@@ -7,8 +7,13 @@ Grouping rule: query head i, key head i and value head i are one channel, and ou
 it. With grouped-query attention (``enable_gqa=True``, ``rep`` query heads per key/value head) the
 ``rep`` query heads of key/value group g are tied to key and value head g: a whole key/value group is
 one channel, so every group keeps the same number of query heads (one key/value head broadcast
-over the query heads is the case of a single group). A mask that differs per head (an
-ALiBi bias) would have to be sliced with the heads: the rule declines.
+over the query heads is the case of a single group). A mask that differs per head (a position bias:
+T5's relative attention bias, ALiBi) is sliced with the heads: its head axis is tied to the query
+heads. Such a bias is usually computed once and shared by every layer of a stack (T5 computes it in
+the first layer and passes it on), so the heads of all those layers become one set of channels: head
+h goes in every layer at once, or in none. A bias no rule can slice (made by ops netmorph does not
+know, such as T5's ``nn.Embedding`` lookup before embeddings have a rule, or a constant tensor) freezes
+the heads, saying so; a bias that is no tracked tensor (a constant built in Python) declines.
 
 Aliveness: a head's query and key rows prove nothing (with biases, zero rows still attend), and a
 head whose value rows are zero still emits its value bias. So the head's elements are marked as
@@ -47,10 +52,13 @@ def rule(b, op) -> bool:
     axis = sq.cdim
     hq, hk = q.shape[axis], k.shape[sk.cdim]
     rep = tied_heads(hq, hk, v.shape[sv.cdim], bool(args.get("enable_gqa", False)))
-    if rep is None or out.shape[axis] != hq or not mask_is_shared(args.get("attn_mask"), axis - len(q.shape)):
+    if rep is None or out.shape[axis] != hq:
+        return False
+    per_head = not mask_is_shared(args.get("attn_mask"), axis - len(q.shape))
+    if per_head and not tie_mask(b, op, args["attn_mask"], sq, axis - len(q.shape)):
         return False
     mask = b.get(args.get("attn_mask"))
-    if mask is not None:
+    if mask is not None and not per_head:
         b.freeze(mask.elems, "used as an attention mask")
     tie_heads(b, op, sq, sk, sv, rep, out, axis)
     b.memory([q, k, v, out])
@@ -71,6 +79,29 @@ def mask_is_shared(mask, head_axis: int) -> bool:
     counted from the end, or fewer dimensions)."""
     shape = getattr(mask, "shape", None)
     return shape is None or len(shape) < -head_axis or shape[head_axis] == 1
+
+
+def tie_mask(b, op, mask, sq: Slots, head_axis: int) -> bool:
+    """Tie the head axis of a per-head mask (``head_axis`` counted from the end) to the query heads.
+    A mask whose channels are all frozen freezes the heads, naming why; False if the mask is no
+    tracked tensor with one entry per query head on that axis."""
+    s = b.get(mask)
+    axis = len(mask.shape) + head_axis if isinstance(mask, Value) else -1
+    if s is None or axis < 0 or mask.shape[axis] != len(sq.elems):
+        return False
+    frozen = b.all_frozen(s)
+    if s.cdim != axis:
+        if not frozen:
+            return False
+        s = b.along(mask, axis)
+    if frozen:                                   # (not tied: the reason stays the heads' own)
+        origin = b.frozen.get(int(s.elems[0]), "frozen") if len(s.elems) else "frozen"
+        where = f" in '{op.scope}'" if op.scope else ""
+        b.freeze(sq.elems, f"attention heads{where} read a mask that differs per head (a position bias such as T5's "
+                           f"relative attention bias or ALiBi) and that no rule can slice with the heads: {origin}")
+    else:
+        b.tie(sq.elems, s.elems)
+    return True
 
 
 def tie_heads(b, op, sq: Slots, sk: Slots, sv: Slots, rep: int, out, axis: int) -> None:

@@ -36,7 +36,7 @@ HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "num_key_
               "n_kv_heads")
 #: Int attributes that hold the width of one head (a head count of -1 needs one: the size is then no
 #: function of the width).
-HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size", "d_head", "dim_head", "d_k")
+HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size", "d_head", "dim_head", "d_k", "key_value_proj_dim")
 #: Int attributes that hold the total width of its heads (heads x head_dim).
 WIDTH_ATTRS = ("attn_dim", "all_head_size", "inner_dim")
 
