@@ -47,31 +47,53 @@ class PruneReport:
     channels_removed: int
     layers_vanished: list[str]
     layers_constant: list[str]
+    #: dead channels of approximate groups (a LayerNorm's) removed (``approximate=True``) or kept
+    approximate_removed: int = 0
+    approximate_kept: int = 0
 
     def __str__(self) -> str:
-        return (f"pruned {self.channels_removed} channels: FLOPs {self.flops_before:,} -> {self.flops_after:,} "
+        text = (f"pruned {self.channels_removed} channels: FLOPs {self.flops_before:,} -> {self.flops_after:,} "
                 f"({self.flops_after / max(self.flops_before, 1):.1%}); largest output change "
                 f"{self.max_abs_change:.3g} ({self.max_rel_change:.2%} of the largest output)")
+        if self.approximate_removed:
+            text += (f"; {self.approximate_removed} of them from approximate groups (a LayerNorm's statistics "
+                     "change): the change above is not zero; fine-tune to recover")
+        if self.approximate_kept:
+            text += (f"; {self.approximate_kept} dead channels of approximate groups kept (removing them would change "
+                     "the outputs: pass approximate=True)")
+        return text
 
 
-def prune(model: nn.Module, reg) -> nn.Module:
+def prune(model: nn.Module, reg, approximate: bool = False) -> nn.Module:
     """A smaller copy of ``model`` without the dead channels of ``reg`` (a netmorph regularizer).
 
     ``count_flops(pruned, example_inputs)`` equals ``reg.cost()`` for the FLOPs regularizers (and
-    the model size / latency equal theirs). The copy carries ``netmorph_report`` (:class:`PruneReport`).
+    the model size / latency equal theirs) when nothing approximate is dead. The copy carries
+    ``netmorph_report`` (:class:`PruneReport`).
+
+    ``approximate``: also remove the dead channels of approximate groups (a transformer's hidden width
+    under LayerNorm, whose mean and variance every channel enters: ``explain`` lists them), which
+    changes the outputs (the report measures by how much on the example inputs). By default they
+    are kept, and so the result is exactly the function of the model.
     """
     model = unwrap(model)
     if reg.model is not model:
         raise ValueError("prune(model, reg): reg was built for a different model object; build the "
                          "regularizer on this model, or pass the model it was built on")
-    return prune_channels(model, reg.graph, reg.alive())
+    return prune_channels(model, reg.graph, reg.alive(), approximate)
 
 
-def prune_channels(model: nn.Module, graph: ChannelGraph, alive: np.ndarray) -> nn.Module:
-    """Keep exactly the ``alive`` channels (a bool per channel of ``graph``) of a copy of ``model``."""
+def prune_channels(model: nn.Module, graph: ChannelGraph, alive: np.ndarray, approximate: bool = False) -> nn.Module:
+    """Keep exactly the ``alive`` channels (a bool per channel of ``graph``) of a copy of ``model``;
+    dead channels of approximate groups only with ``approximate=True``."""
+    if not isinstance(approximate, bool):
+        raise TypeError(f"approximate must be True or False, got {approximate!r}")
     frozen_dead = ~alive & ~graph.changeable()
     if frozen_dead.any():
         raise ValueError("cannot remove frozen channels: " + graph.frozen[int(np.flatnonzero(frozen_dead)[0])])
+    approx_dead = ~alive & graph.approximate_mask()
+    if not approximate and approx_dead.any():
+        alive = graph.settle(alive | approx_dead)
     constants = _input_constants(model, graph, alive)
     orders = {g: [c for c in group.channels.tolist() if alive[c]] for g, group in enumerate(graph.groups)}
     new = resize(model, graph, orders, graph.example_inputs)
@@ -91,6 +113,8 @@ def prune_channels(model: nn.Module, graph: ChannelGraph, alive: np.ndarray) -> 
             elif shift.abs().max() > 0:
                 _fold(new, graph, name, shift)
     new.netmorph_report = _report(model, new, graph, int((~alive).sum()), vanished, constant)
+    new.netmorph_report.approximate_removed = int(approx_dead.sum()) if approximate else 0
+    new.netmorph_report.approximate_kept = 0 if approximate else int(approx_dead.sum())
     return new
 
 
