@@ -165,3 +165,39 @@ def test_without_approximate_the_layernorm_hidden_width_stays_and_the_rest_prune
         assert (small(x) - before).abs().max() <= 1e-5 * before.abs().max()
     assert small.netmorph_report.approximate_kept == 19
     assert [l.width for n, l in netmorph.graph.build_graph(small, x).layers.items() if n == HIDDEN[name]] == [64]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_apply_structure_and_expand_change_the_hidden_width(name, one_thread):
+    model, x = build(name)
+    narrow = netmorph.apply_structure(model, {HIDDEN[name]: 48}, example_inputs=x).eval()
+    graph = netmorph.graph.build_graph(narrow, x)
+    assert hidden_group(graph, name).width == 48 and narrow(x).shape == model(x).shape
+    wide = netmorph.apply_structure(model, {HIDDEN[name]: 80}, example_inputs=x)
+    assert hidden_group(netmorph.graph.build_graph(wide, x), name).width == 80
+    budget = 0.6 * reference_flops(model, x)
+    grown = netmorph.expand(model, x, {}, budget)
+    built = netmorph.apply_structure(model, grown, example_inputs=x)
+    assert grown[HIDDEN[name]] < 64 and grown.cost == reference_flops(built, x) <= budget
+
+
+def test_t5_layer_norm_is_an_rms_norm_and_its_dead_hidden_channels_go_exactly(one_thread):
+    """T5's ``T5LayerNorm`` is an RMS norm (no mean, no bias): recognised whole, exact."""
+    torch.manual_seed(0)
+    config = transformers.T5Config(d_model=64, d_ff=256, num_layers=2, num_heads=4, d_kv=16, vocab_size=100)
+    model = nn.Sequential()
+    model.t5, model.head = Out(transformers.T5EncoderModel(config), "last_hidden_state"), nn.Linear(64, 3)
+    model.eval()
+    ids = torch.randint(0, 100, (1, 16))
+    reg = netmorph.GroupLassoFlopsRegularizer(model, ids, threshold=0.0)
+    embed = next(n for n, l in reg.graph.layers.items() if l.kind == "embedding")
+    group = reg.graph.groups[int(reg.graph.group_of[reg.graph.layers[embed].out[0]])]
+    assert group.frozen is None and group.approximate is None and len(reg.graph.rescaled) == 5
+    kill_fraction(reg, 0.3, {group.id})
+    with torch.no_grad():
+        before = model(ids)
+    small = netmorph.prune(model, reg).eval()
+    with torch.no_grad():
+        assert (small(ids) - before).abs().max() <= 1e-5 * before.abs().max()
+    assert small.t5.model.shared.weight.shape == (100, 45) and small.head.in_features == 45
+    assert netmorph.count_flops(small, ids) == reg.cost() == reference_flops(small, ids)

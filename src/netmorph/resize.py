@@ -266,8 +266,10 @@ def resize(model: nn.Module, graph: ChannelGraph, orders: dict[int, list], examp
 
 
 def _retie(model: nn.Module, new: nn.Module) -> None:
-    """Share again the parameters the model shared (GPT-2's ``lm_head.weight`` is ``wte.weight``) that
-    the rebuild gave separate copies of, when the copies have one shape and equal values."""
+    """Share again the parameters the model shared that the rebuild gave separate copies of: GPT-2's
+    ``lm_head.weight`` is ``wte.weight`` (both rebuilt: equal copies), T5's ``shared`` is its encoder's
+    ``embed_tokens`` table (only the one the forward runs was rebuilt: the other, of the same type,
+    takes the rebuilt table, and its size attributes follow)."""
     slots: dict[int, list[tuple[str, str]]] = {}
     for name, module in model.named_modules(remove_duplicate=False):
         for attr, p in module.named_parameters(recurse=False):
@@ -275,14 +277,22 @@ def _retie(model: nn.Module, new: nn.Module) -> None:
     for places in slots.values():
         if len(places) < 2:
             continue
+        old = getattr(model.get_submodule(places[0][0]) if places[0][0] else model, places[0][1])
         owners = [(new.get_submodule(n) if n else new, a) for n, a in places]
         params = [getattr(m, a, None) for m, a in owners]
-        first = params[0]
-        if not isinstance(first, nn.Parameter) or any(
-                not isinstance(p, nn.Parameter) or p.shape != first.shape or not torch.equal(p, first) for p in params):
+        if not all(isinstance(p, nn.Parameter) for p in params):
             continue
-        for m, a in owners[1:]:
-            setattr(m, a, first)
+        rebuilt = [(m, p) for (m, _), p in zip(owners, params) if p.shape != old.shape]
+        source = rebuilt[0] if rebuilt else (owners[0][0], params[0])
+        if any(not torch.equal(p, source[1]) for _, p in rebuilt) or \
+                any(p.shape == old.shape and type(m) is not type(source[0]) for (m, _), p in zip(owners, params)):
+            continue                                  # not one table any more: left apart
+        for (m, a), p in zip(owners, params):
+            if p is not source[1]:
+                setattr(m, a, source[1])
+                for attr in ("embedding_dim", "in_features", "out_features", "nf", "nx"):
+                    if hasattr(source[0], attr) and hasattr(m, attr):
+                        setattr(m, attr, getattr(source[0], attr))
 
 
 def _set_attributes(new: nn.Module, graph: ChannelGraph, new_width, orders) -> None:
