@@ -50,6 +50,8 @@ class PruneReport:
     #: dead channels of approximate groups (a LayerNorm's) removed (``approximate=True``) or kept
     approximate_removed: int = 0
     approximate_kept: int = 0
+    #: output width of every layer of the graph in the pruned network (what ``netmorph.load`` needs)
+    widths: dict = dataclasses.field(default_factory=dict)
 
     def __str__(self) -> str:
         text = (f"pruned {self.channels_removed} channels: FLOPs {self.flops_before:,} -> {self.flops_after:,} "
@@ -115,6 +117,7 @@ def prune_channels(model: nn.Module, graph: ChannelGraph, alive: np.ndarray, app
     new.netmorph_report = _report(model, new, graph, int((~alive).sum()), vanished, constant)
     new.netmorph_report.approximate_removed = int(approx_dead.sum()) if approximate else 0
     new.netmorph_report.approximate_kept = 0 if approximate else int(approx_dead.sum())
+    new.netmorph_report.widths = {n: int(alive[l.out].sum()) for n, l in graph.layers.items()}
     return new
 
 

@@ -13,8 +13,9 @@ axis of the parameter that broadcasting aligns with that tensor's channel axis, 
 is as wide there (a parameter of size 1 there does not vary along the channels: it stays a constant
 and the op's rule decides); when the parameter is the op's only tensor (``expand``, ``view``,
 ``to``), its last axis wider than 1 (``[1, 1, C]``, ``[C]``, ``[1, N, C]``), which the rules of the ops
-reading it go on to check like any tensor's. Only the ops in :data:`OPS` are treated so; elsewhere a
-parameter stays a constant. If the op's rule declines, the parameter's channels are frozen and
+reading it go on to check like any tensor's. Only the ops in :data:`OPS` are treated so, and never a
+layer's own weight or bias (a tied embedding table read as ``x @ wte.weight.transpose(0, 1)``: the layer
+rule owns it); elsewhere a parameter stays a constant. If the op's rule declines, the parameter's channels are frozen and
 ``explain`` names it. A parameter read along two different axes is frozen, saying so.
 """
 from __future__ import annotations
@@ -25,7 +26,10 @@ import numpy as np
 from torch import nn
 
 from ..builder import Slots
-from ..record import Value
+from ..record import Value, _is_layer
+
+_OWNERS = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding, nn.modules.batchnorm._NormBase, nn.LayerNorm,
+           nn.GroupNorm, nn.RMSNorm)
 
 #: Function ops whose parameter arguments are tracked as tensors (not read as a layer's weight).
 OPS = frozenset({"add", "sub", "rsub", "mul", "div", "cat", "expand", "view", "reshape", "flatten", "squeeze",
@@ -38,7 +42,7 @@ def track_parameters(b, op):
     (the op itself when there is none)."""
     if op.module is not None or op.name not in OPS:
         return op
-    found = [a for a in _walk(op.inputs) if isinstance(a, nn.Parameter) and a.dim() > 0]
+    found = [a for a in _walk(op.inputs) if isinstance(a, nn.Parameter) and a.dim() > 0 and not _layer_owned(b, a)]
     if not found:
         return op
     lead = next((v for v in b.tensors(op) if b.get(v) is not None and not b.all_frozen(b.get(v))), None)
@@ -52,6 +56,13 @@ def track_parameters(b, op):
     if not mapping:
         return op
     return dataclasses.replace(op, inputs=_swap(op.inputs, mapping), kwargs=_swap(op.kwargs, mapping))
+
+
+def _layer_owned(b, p) -> bool:
+    """Whether ``p`` is the weight or bias of a module the graph treats as a layer or a norm."""
+    name, _, attr = b.rec.param_owner.get(id(p), "").rpartition(".")
+    module = b.rec.modules.get(name)
+    return attr in ("weight", "bias") and module is not None and (_is_layer(module) or isinstance(module, _OWNERS))
 
 
 def _axis(b, p, lead: Value | None) -> int | None:
