@@ -47,7 +47,8 @@ class PruneReport:
     channels_removed: int
     layers_vanished: list[str]
     layers_constant: list[str]
-    #: dead channels of approximate groups (a LayerNorm's) removed (``approximate=True``) or kept
+    #: dead channels whose removal is approximate (a LayerNorm's group, or not zero at an RMS norm's
+    #: input on the example inputs) removed (``approximate=True``) or kept
     approximate_removed: int = 0
     approximate_kept: int = 0
     #: output width of every layer of the graph in the pruned network (what ``netmorph.load`` needs)
@@ -58,8 +59,9 @@ class PruneReport:
                 f"({self.flops_after / max(self.flops_before, 1):.1%}); largest output change "
                 f"{self.max_abs_change:.3g} ({self.max_rel_change:.2%} of the largest output)")
         if self.approximate_removed:
-            text += (f"; {self.approximate_removed} of them from approximate groups (a LayerNorm's statistics "
-                     "change): the change above is not zero; fine-tune to recover")
+            text += (f"; {self.approximate_removed} of them from approximate groups (a LayerNorm's statistics, or "
+                     "an RMS norm's input they were not zero in, change): the change above is not zero; fine-tune "
+                     "to recover")
         if self.approximate_kept:
             text += (f"; {self.approximate_kept} dead channels of approximate groups kept (removing them would change "
                      "the outputs: pass approximate=True)")
@@ -96,6 +98,12 @@ def prune_channels(model: nn.Module, graph: ChannelGraph, alive: np.ndarray, app
     approx_dead = ~alive & graph.approximate_mask()
     if not approximate and approx_dead.any():
         alive = graph.settle(alive | approx_dead)
+    # an RMS norm's rescale is exact for channels that are zero; one that still carries something there
+    # (a bias left when its weights were zeroed by hand) changes the others' RMS: approximate too
+    carrying = _carried_into_rms(model, graph, alive)
+    approx_dead |= carrying
+    if not approximate and carrying.any():
+        alive = graph.settle(alive | carrying)
     constants = _input_constants(model, graph, alive)
     orders = {g: [c for c in group.channels.tolist() if alive[c]] for g, group in enumerate(graph.groups)}
     new = resize(model, graph, orders, graph.example_inputs)
@@ -122,6 +130,37 @@ def prune_channels(model: nn.Module, graph: ChannelGraph, alive: np.ndarray, app
 
 
 # -- measuring what dead channels emit --------------------------------------------------------
+def _carried_into_rms(model, graph, alive) -> np.ndarray:
+    """Per channel: removed, but not zero at the input of an RMS norm on the example inputs."""
+    carrying = np.zeros(graph.n_channels, dtype=bool)
+    wanted = {n: cls for n, cls in graph.norms.items() if n in graph.rescaled and not alive[cls].all()}
+    if not wanted:
+        return carrying
+    peak: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in wanted:
+        def hook(module, args, name=name):
+            x = args[0].detach()
+            m = x.abs().reshape(-1, x.shape[-1]).amax(0)
+            peak[name] = torch.maximum(peak[name], m) if name in peak else m
+        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*graph.example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, t in modes.items():
+            m.training = t
+    for name, cls in wanted.items():
+        if name in peak and len(peak[name]) == len(cls):
+            nonzero = (peak[name] > 0).cpu().numpy()
+            carrying[cls[~alive[cls] & nonzero]] = True
+    return carrying
+
+
 def _input_constants(model, graph, alive) -> dict[str, torch.Tensor]:
     """Per layer that loses input channels: the mean value of each input slot on the example inputs."""
     wanted = {n for n, layer in graph.layers.items() if len(layer.inputs) and not alive[layer.inputs].all()}

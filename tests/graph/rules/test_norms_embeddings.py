@@ -48,8 +48,9 @@ class TinyLM(nn.Module):
     """Token embedding + position embedding parameter -> 2 pre-norm MLP blocks with a layer scale ->
     final norm -> head. Hidden width 16."""
 
-    def __init__(self, norm, dim=16, vocab=50, tokens=8):
+    def __init__(self, norm, dim=16, vocab=50, tokens=8, layer_scale=True):
         super().__init__()
+        self.layer_scale = layer_scale
         self.emb = nn.Embedding(vocab, dim)
         self.pos = nn.Parameter(torch.randn(1, tokens, dim) * 0.1)
         self.norms = nn.ModuleList([NORMS[norm](dim) for _ in range(2)])
@@ -65,13 +66,14 @@ class TinyLM(nn.Module):
     def forward(self, ids):
         x = self.emb(ids) + self.pos
         for norm, fc1, fc2 in zip(self.norms, self.fc1, self.fc2):
-            x = x + self.gamma * fc2(F.gelu(fc1(norm(x))))
+            y = fc2(F.gelu(fc1(norm(x))))
+            x = x + (self.gamma * y if self.layer_scale else y)
         return self.head(self.final(x))
 
 
-def tiny(norm):
+def tiny(norm, **kw):
     torch.manual_seed(0)
-    return TinyLM(norm).eval(), torch.randint(0, 50, (2, 8))
+    return TinyLM(norm, **kw).eval(), torch.randint(0, 50, (2, 8))
 
 
 def hidden_group(graph):
@@ -200,3 +202,22 @@ def test_an_embedding_is_a_source_of_its_columns_and_costs_its_table():
     assert small[0].weight.shape == (30, 7) and small[1].in_features == 7
     assert torch.allclose(small(ids), before, atol=1e-6)
     assert netmorph.count_params(small) - 6 - 4 == reg.cost() == 30 * 7 + 7 * 6 + 6 * 4
+
+
+def test_a_dead_channel_that_still_carries_a_bias_into_an_rms_norm_is_kept_unless_approximate(one_thread):
+    """Zero weights but a bias left (killed by hand): the channel is a constant, not zero, so the RMS
+    rescale would not be exact: ``prune`` keeps it (the outputs stay) unless ``approximate=True``."""
+    model, ids = tiny("nn.RMSNorm", layer_scale=False)
+    reg = netmorph.GroupLassoFlopsRegularizer(model, ids, threshold=0.0)
+    kill_hidden(model, reg)
+    with torch.no_grad():
+        model.fc2[0].bias[DEAD[:2]] = 0.3            # channels 1 and 4 carry 0.3 from block 0 on
+        before = model(ids)
+    assert not reg.alive()[reg.graph.layers["emb"].out[DEAD]].any()            # dead by their weights
+    small = netmorph.prune(model, reg)
+    assert small.emb.weight.shape == (50, 13) and small.netmorph_report.approximate_kept == 2
+    with torch.no_grad():
+        assert (small(ids) - before).abs().max() <= 1e-5 * before.abs().max()
+    rough = netmorph.prune(model, reg, approximate=True)
+    assert rough.emb.weight.shape == (50, 11) and rough.netmorph_report.approximate_removed == 2
+    assert rough.netmorph_report.max_rel_change > 1e-4
