@@ -201,3 +201,16 @@ def test_t5_layer_norm_is_an_rms_norm_and_its_dead_hidden_channels_go_exactly(on
         assert (small(ids) - before).abs().max() <= 1e-5 * before.abs().max()
     assert small.t5.model.shared.weight.shape == (100, 45) and small.head.in_features == 45
     assert netmorph.count_flops(small, ids) == reg.cost() == reference_flops(small, ids)
+
+
+@pytest.mark.parametrize("name", ["bert", "llama"])
+def test_explain_says_which_groups_are_exact_and_which_approximate(name, one_thread):
+    model, x = build(name)
+    lines = netmorph.explain(model, x).splitlines()
+    removal = [line.split("removal:", 1)[1].strip() for line in lines if "removal:" in line]
+    # hidden width, 2 x (heads, MLP width), and BERT's pooler
+    assert len(removal) == (6 if name == "bert" else 5)
+    assert sum(r.startswith("APPROXIMATE: normalized by LayerNorm") for r in removal) == (name == "bert")
+    assert sum(r.startswith("exact (RMS norm") for r in removal) == (name == "llama")
+    assert sum(r.startswith("exact (a dead head adds nothing") for r in removal) == 2
+    assert ("(64 of them approximate)" in lines[0]) == (name == "bert")

@@ -41,6 +41,8 @@ def _removal(graph: ChannelGraph, group) -> str:
     if rms:
         return (f"exact (RMS norm {', '.join(rms[:3])}{' ...' if len(rms) > 3 else ''}: a channel zero for every "
                 "token leaves the others' RMS unchanged once eps and the gain are rescaled, which resize does)")
+    if len(graph.heads) and graph.heads[group.channels].any():
+        return "exact (a dead head adds nothing: the output-projection columns reading it are zero)"
     return "exact (a dead channel's constant is folded into the layers reading it)"
 
 
