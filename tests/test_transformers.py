@@ -2,7 +2,9 @@
 are ``Conv1D`` layers (weight laid out ``[in, out]``, computed by ``addmm``) and its GELU is written
 out with ``pow`` and ``tanh``: its MLP hidden width is changeable and prunes exactly, and so are its
 attention heads (``c_attn(x).split(self.split_size, dim=2)``: tests/test_attention_heads.py). The
-hidden size is not changed yet (see ``netmorph explain``)."""
+hidden size (the residual stream: ``wte``, ``wpe`` and every block's output projections) is changeable
+too, but approximate (LayerNorm): ``prune`` removes it only with ``approximate=True``
+(tests/test_hidden_width.py)."""
 import pytest
 import torch
 from torch import nn
@@ -37,11 +39,15 @@ def test_gpt2_mlp_hidden_width_is_changeable_and_prunes_exactly(one_thread):
     model, ids = gpt2()
     assert netmorph.count_flops(model, ids) == reference_flops(model, ids)
     graph = build_graph(model, ids)
-    changeable = sorted(n for n, l in graph.layers.items() if graph.groups[int(graph.group_of[l.out[0]])].frozen is None)
-    assert changeable == [f"model.transformer.h.{i}.{layer}" for i in (0, 1) for layer in ("attn.c_attn", "mlp.c_fc")]
+    exact = sorted(n for n, l in graph.layers.items() if graph.groups[int(graph.group_of[l.out[0]])].frozen is None
+                   and graph.groups[int(graph.group_of[l.out[0]])].approximate is None)
+    assert exact == [f"model.transformer.h.{i}.{layer}" for i in (0, 1) for layer in ("attn.c_attn", "mlp.c_fc")]
+    hidden = graph.groups[int(graph.group_of[graph.layers["model.transformer.wte"].out[0]])]
+    assert hidden.frozen is None and "LayerNorm 'model.transformer.h.0.ln_1'" in hidden.approximate
     reg = netmorph.GroupLassoFlopsRegularizer(model, ids, threshold=0.0)
     reg.loss().backward()                                          # weight norms of the [in, out] columns
     assert model.model.transformer.h[0].mlp.c_fc.weight.grad.abs().sum() > 0
+    reg.regularized[hidden.channels] = False                      # the exact groups only (kept alive)
     small = kill_and_prune_exactly(model, reg, ids)
     fc, proj = small.model.transformer.h[0].mlp.c_fc, small.model.transformer.h[0].mlp.c_proj
     assert type(fc).__name__ == "Conv1D" and fc.weight.shape == (64, fc.nf) and proj.weight.shape == (fc.nf, 64)

@@ -32,6 +32,20 @@ def _source(graph: ChannelGraph, group) -> str:
     return "none (always alive)"
 
 
+def _removal(graph: ChannelGraph, group) -> str:
+    """Whether removing a dead channel of ``group`` keeps the function exactly, and why."""
+    if group.approximate is not None:
+        return (f"APPROXIMATE: {group.approximate}; regularized, resized by apply_structure and expand, removed by "
+                "prune only with approximate=True (which reports the output change)")
+    rms = [n for n in graph.rescaled if group.id in graph.group_of[graph.norms[n]].tolist()]
+    if rms:
+        return (f"exact (RMS norm {', '.join(rms[:3])}{' ...' if len(rms) > 3 else ''}: a channel zero for every "
+                "token leaves the others' RMS unchanged once eps and the gain are rescaled, which resize does)")
+    if len(graph.heads) and graph.heads[group.channels].any():
+        return "exact (a dead head adds nothing: the output-projection columns reading it are zero)"
+    return "exact (a dead channel's constant is folded into the layers reading it)"
+
+
 def explain(model: nn.Module, example_inputs, exclude=()) -> str:
     """Text listing every channel group (members, width, source of aliveness, frozen or not and
     why) and every layer's share of the FLOPs and parameters, for ``model(*example_inputs)``."""
@@ -45,9 +59,11 @@ def explain(model: nn.Module, example_inputs, exclude=()) -> str:
         flops_by_layer[name] = flops_by_layer.get(name, 0.0) + f
     total_flops = float(flops.sum() + graph.const_flops.sum())
     total_params = count_params(model)
+    approx = graph.approximate_mask() & graph.changeable()
     lines = [f"{type(model).__name__}: {total_flops:,.0f} FLOPs, {total_params:,} parameters, "
              f"{len(graph.groups)} channel groups, "
-             f"{int(graph.changeable().sum())} of {graph.n_channels} channels changeable", ""]
+             f"{int(graph.changeable().sum())} of {graph.n_channels} channels changeable"
+             + (f" ({int(approx.sum())} of them approximate)" if approx.any() else ""), ""]
     lines.append("Groups")
     uneven = graph.uneven()
     for g in graph.groups:
@@ -65,6 +81,7 @@ def explain(model: nn.Module, example_inputs, exclude=()) -> str:
             lines.append(f"      read by:     {', '.join(g.consumers)}")
         if g.frozen is None:
             lines.append(f"      alive by:    {_source(graph, g)}")
+            lines.append(f"      removal:     {_removal(graph, g)}")
         if g.frozen is None and g.id in graph.capped:
             lines.append("      capped:      read through a constant-bound slice x[:, :n]: it can narrow, never widen")
     lines += ["", "Layers"]

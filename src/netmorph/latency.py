@@ -55,7 +55,8 @@ _DECONV = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 KINDS = {
     "norm": ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "batch_norm", "FrozenBatchNorm2d", "GroupNorm",
              "group_norm", "LayerNorm", "layer_norm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
-             "instance_norm", "BatchNormAct2d", "GroupNormAct", "LayerNorm2d", "rms_norm"),
+             "instance_norm", "BatchNormAct2d", "GroupNormAct", "LayerNorm2d", "rms_norm", "RMSNorm", "LlamaRMSNorm",
+             "T5LayerNorm"),
     "activation": ("relu", "relu_", "relu6", "hardtanh", "hardtanh_", "silu", "silu_", "gelu", "sigmoid",
                    "sigmoid_", "hardswish", "hardswish_", "hardsigmoid", "tanh", "leaky_relu", "elu",
                    "mish", "softplus", "dropout", "clamp", "clamp_", "softmax", "exp", "neg", "pow"),

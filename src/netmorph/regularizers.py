@@ -398,6 +398,8 @@ class _GroupLasso(_Regularizer):
             cols = np.flatnonzero(heads[layer.inputs]) if reads_columns(m) else []
             if len(cols):
                 found.append(_Block(m, layer.inputs[cols], "columns", cols))
+        for name, axis, cls in g.params:              # a class token, position embeddings, a layer scale
+            found.append(_Block(ParamSlices(self.model.get_parameter(name), axis), cls, "rows", np.arange(len(cls))))
         return found
 
     def _source_values(self):
@@ -482,10 +484,24 @@ class _Block(tuple):
         set_out_rows(self.module, w)
 
 
+class ParamSlices:
+    """A parameter read in forward (:mod:`netmorph.graph.rules.parameter`) as a group-lasso source:
+    its ``weight`` is the parameter, whose slices along ``axis`` are the members of their channels."""
+
+    bias = None
+
+    def __init__(self, weight: nn.Parameter, axis: int):
+        self.weight, self.axis = weight, axis
+
+
 def out_rows(m: nn.Module, w: torch.Tensor | None = None) -> torch.Tensor:
     """The weights of ``m`` (or ``w``, a tensor laid out like them) as ``[out_channels, fan]``: row j
     holds everything output channel j reads."""
     w = m.weight if w is None else w
+    if isinstance(m, ParamSlices):                             # slices along its axis
+        return w.movedim(m.axis, 0).reshape(w.shape[m.axis], -1)
+    if isinstance(m, nn.Embedding):                            # [num_embeddings, dim]: a feature is a column
+        return w.t()
     if isinstance(m, nn.modules.conv._ConvTransposeNd):       # laid out [in, out/g, *k]
         g = m.groups
         return w.reshape(g, w.shape[0] // g, w.shape[1], -1).permute(0, 2, 1, 3).reshape(m.out_channels, -1)
@@ -498,10 +514,12 @@ def out_rows(m: nn.Module, w: torch.Tensor | None = None) -> torch.Tensor:
 def set_out_rows(m: nn.Module, rows: torch.Tensor) -> None:
     """Write ``[out_channels, fan]`` rows back into ``m.weight`` (inverse of :func:`out_rows`)."""
     w = m.weight
-    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+    if isinstance(m, ParamSlices):
+        rows = rows.reshape((w.shape[m.axis],) + tuple(w.movedim(m.axis, 0).shape[1:])).movedim(0, m.axis)
+    elif isinstance(m, nn.modules.conv._ConvTransposeNd):
         g = m.groups
         rows = rows.reshape(g, w.shape[1], w.shape[0] // g, -1).permute(0, 2, 1, 3)
-    elif is_conv1d(m):
+    elif is_conv1d(m) or isinstance(m, nn.Embedding):
         rows = rows.t()
     w.copy_(rows.reshape(w.shape))
 

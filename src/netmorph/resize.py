@@ -22,7 +22,7 @@ from .graph.channel_graph import reads_columns
 from .graph.record import is_conv1d, unwrap
 from .graph.removed import ConstantOutput, RemovedNorm, Vanished
 from .init import matched_init
-from .regularizers import out_rows
+from .regularizers import ParamSlices, out_rows
 from .structure import Structure
 
 _CONV = nn.modules.conv._ConvNd
@@ -158,6 +158,10 @@ def importance(model: nn.Module, graph: ChannelGraph) -> np.ndarray:
             cols = heads[layer.inputs] if reads_columns(layer.module) else np.zeros(len(layer.inputs), dtype=bool)
             if cols.any():                            # a head: the output projection's columns reading it
                 np.maximum.at(value, layer.inputs[cols], w.t().pow(2).mean(1).sqrt().cpu().numpy()[cols])
+        for name, axis, cls in graph.params:          # a class token, position embeddings, a layer scale
+            w = out_rows(ParamSlices(model.get_parameter(name), axis)).detach().double()
+            keep = ~has_bn[cls] & ~heads[cls]
+            np.maximum.at(value, cls[keep], w.pow(2).mean(1).sqrt().cpu().numpy()[keep])
     return value
 
 
@@ -253,11 +257,43 @@ def resize(model: nn.Module, graph: ChannelGraph, orders: dict[int, list], examp
                 _put(new, name, _fresh_norm(module, n) if n else RemovedNorm(module))
                 rebuilt.add(name)
         _set_attributes(new, graph, new_width, orders)
+        _resize_params(model, new, graph, new_width, orders)
     if init_new is not None and rebuilt:
         init_new(new, rebuilt)
     new_graph = _record_copy(new, example)
     _copy_weights(model, graph, new, new_graph, orders, silent_new)
+    _retie(model, new)
     return new
+
+
+def _retie(model: nn.Module, new: nn.Module) -> None:
+    """Share again the parameters the model shared that the rebuild gave separate copies of: GPT-2's
+    ``lm_head.weight`` is ``wte.weight`` (both rebuilt: equal copies), T5's ``shared`` is its encoder's
+    ``embed_tokens`` table (only the one the forward runs was rebuilt: the other, of the same type,
+    takes the rebuilt table, and its size attributes follow)."""
+    slots: dict[int, list[tuple[str, str]]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for attr, p in module.named_parameters(recurse=False):
+            slots.setdefault(id(p), []).append((name, attr))
+    for places in slots.values():
+        if len(places) < 2:
+            continue
+        old = getattr(model.get_submodule(places[0][0]) if places[0][0] else model, places[0][1])
+        owners = [(new.get_submodule(n) if n else new, a) for n, a in places]
+        params = [getattr(m, a, None) for m, a in owners]
+        if not all(isinstance(p, nn.Parameter) for p in params):
+            continue
+        rebuilt = [(m, p) for (m, _), p in zip(owners, params) if p.shape != old.shape]
+        source = rebuilt[0] if rebuilt else (owners[0][0], params[0])
+        if any(not torch.equal(p, source[1]) for _, p in rebuilt) or \
+                any(p.shape == old.shape and type(m) is not type(source[0]) for (m, _), p in zip(owners, params)):
+            continue                                  # not one table any more: left apart
+        for (m, a), p in zip(owners, params):
+            if p is not source[1]:
+                setattr(m, a, source[1])
+                for attr in ("embedding_dim", "in_features", "out_features", "nf", "nx"):
+                    if hasattr(source[0], attr) and hasattr(m, attr):
+                        setattr(m, attr, getattr(source[0], attr))
 
 
 def _set_attributes(new: nn.Module, graph: ChannelGraph, new_width, orders) -> None:
@@ -271,6 +307,27 @@ def _set_attributes(new: nn.Module, graph: ChannelGraph, new_width, orders) -> N
                              f"({values[(module, attr)]} and {value}); keep their widths equal")
     for (module, attr), value in values.items():
         setattr(new.get_submodule(module) if module else new, attr, value)
+
+
+def _resize_params(model: nn.Module, new: nn.Module, graph: ChannelGraph, new_width, orders) -> None:
+    """Give every parameter read in forward (a class token, position embeddings, a layer scale:
+    ``graph.params``) its new size along its channel axis. Its entries are drawn from a normal law
+    of the old parameter's mean and spread (a layer scale of one value stays that value); the kept
+    channels' entries are copied in by :func:`_copy_weights`."""
+    done = set()
+    for name, axis, cls in graph.params:
+        n = _width(graph, cls, new_width, orders)
+        if name in done or n == len(cls):
+            continue
+        done.add(name)
+        old = model.get_parameter(name)
+        shape = list(old.shape)
+        shape[axis] = n
+        mean, std = old.detach().mean(), old.detach().std() if old.numel() > 1 else old.new_zeros(())
+        fresh = torch.randn(shape, dtype=old.dtype, device=old.device) * std + mean
+        owner, _, attr = name.rpartition(".")
+        module = new.get_submodule(owner) if owner else new
+        setattr(module, attr, nn.Parameter(fresh, requires_grad=old.requires_grad))
 
 
 def _record_copy(new: nn.Module, example) -> ChannelGraph:
@@ -318,6 +375,8 @@ def _fresh_layer(old: nn.Module, in_w: int, out_w: int, groups: int) -> nn.Modul
     its own forward (timm's ``Linear``, ``Conv2dSame``) stays its class: a copy with new parameters."""
     ref = old.weight
     kw = dict(device=ref.device, dtype=ref.dtype)
+    if isinstance(old, nn.Embedding):
+        return _resized_embedding(old, out_w)
     if is_conv1d(old):
         return _resized_conv1d(old, in_w, out_w)
     if type(old) not in (nn.Linear, *_CONV_TYPES, *_TCONV_TYPES):
@@ -347,6 +406,23 @@ def _resized_conv1d(old: nn.Module, in_w: int, out_w: int) -> nn.Module:
         new.nx = in_w
     new.weight = nn.Parameter(old.weight.new_empty(in_w, out_w).normal_(0, 0.02), requires_grad=old.weight.requires_grad)
     new.bias = None if old.bias is None else nn.Parameter(old.bias.new_zeros(out_w), requires_grad=old.bias.requires_grad)
+    return new
+
+
+def _resized_embedding(old: nn.Embedding, dim: int) -> nn.Module:
+    """``old`` (its class and settings) with ``dim`` features, drawn N(0, 1) as ``nn.Embedding`` draws
+    them (the padding row zero)."""
+    weight = old.weight
+    old.weight = None                                # not deep-copied: replaced below
+    try:
+        new = copy.deepcopy(old)
+    finally:
+        old.weight = weight
+    new.embedding_dim = dim
+    fresh = weight.new_empty(weight.shape[0], dim).normal_()
+    if old.padding_idx is not None:
+        fresh[old.padding_idx] = 0
+    new.weight = nn.Parameter(fresh, requires_grad=weight.requires_grad)
     return new
 
 
@@ -384,6 +460,8 @@ def _fresh_norm(old: nn.Module, n: int) -> nn.Module:
             buf = getattr(old, key, None)
             if isinstance(buf, torch.Tensor):
                 setattr(new, key, buf.new_full((n,), fill))
+    if isinstance(getattr(old, "normalized_shape", None), tuple):      # LayerNorm, RMSNorm over the channels
+        new.normalized_shape = (n,)
     if hasattr(old, "num_features"):
         new.num_features = n
     if hasattr(old, "num_channels"):
@@ -473,6 +551,9 @@ def _copy_weights(model, old_graph, new, new_graph, orders, silent_new: bool = F
                 new_m.value[o_new] = old_m.value[o_old]
             if getattr(new_m, "weight", None) is None or getattr(old_m, "weight", None) is None:
                 continue
+            if isinstance(new_m, nn.Embedding):           # a feature is a column of [num_embeddings, dim]
+                new_m.weight[:, o_new] = old_m.weight[:, o_old]
+                continue
             i_new, i_old = _positions(layer.inputs, old_l.inputs, cmap, *frozen)
             w_new, w_old = new_m.weight, old_m.weight
             transposed = isinstance(new_m, _TCONV) or is_conv1d(new_m)      # weight laid out [in, out]
@@ -506,3 +587,29 @@ def _copy_weights(model, old_graph, new, new_graph, orders, silent_new: bool = F
                 a, b = getattr(new_m, attr, None), getattr(old_m, attr, None)
                 if a is not None and b is not None:
                     a[n_new] = b[n_old]
+            if name in old_graph.rescaled and len(cls) != len(old_graph.norms[name]):
+                _rescale_rms(new_m, old_m, old_graph.rescaled[name], len(old_graph.norms[name]), len(cls))
+        old_params = {name: (axis, cls) for name, axis, cls in old_graph.params}
+        done = set()
+        for name, axis, cls in new_graph.params:
+            if name not in old_params or name in done:
+                continue
+            done.add(name)
+            p_new, p_old = new.get_parameter(name), model.get_parameter(name)
+            if p_new is p_old:
+                continue
+            n_new, n_old = _positions(cls, old_params[name][1], cmap, *frozen)
+            p_new.index_copy_(axis, torch.as_tensor(n_new, device=p_new.device),
+                              p_old.index_select(axis, torch.as_tensor(n_old, device=p_old.device)))
+
+
+def _rescale_rms(new_m: nn.Module, old_m: nn.Module, eps_attr: str, old_n: int, new_n: int) -> None:
+    """An RMS norm taken from ``old_n`` to ``new_n`` channels: ``eps * old_n / new_n`` and
+    ``weight * sqrt(old_n / new_n)``, so ``weight * x / sqrt(mean(x**2) + eps)`` is unchanged on the
+    kept channels when the removed (or added) ones are zero."""
+    ratio = old_n / new_n
+    eps = getattr(old_m, eps_attr)
+    if eps is None:                                  # nn.RMSNorm(eps=None): the dtype's machine epsilon
+        eps = torch.finfo(old_m.weight.dtype).eps
+    setattr(new_m, eps_attr, float(eps) * ratio)
+    new_m.weight.mul_(ratio ** 0.5)

@@ -47,31 +47,63 @@ class PruneReport:
     channels_removed: int
     layers_vanished: list[str]
     layers_constant: list[str]
+    #: dead channels whose removal is approximate (a LayerNorm's group, or not zero at an RMS norm's
+    #: input on the example inputs) removed (``approximate=True``) or kept
+    approximate_removed: int = 0
+    approximate_kept: int = 0
+    #: output width of every layer of the graph in the pruned network (what ``netmorph.load`` needs)
+    widths: dict = dataclasses.field(default_factory=dict)
 
     def __str__(self) -> str:
-        return (f"pruned {self.channels_removed} channels: FLOPs {self.flops_before:,} -> {self.flops_after:,} "
+        text = (f"pruned {self.channels_removed} channels: FLOPs {self.flops_before:,} -> {self.flops_after:,} "
                 f"({self.flops_after / max(self.flops_before, 1):.1%}); largest output change "
                 f"{self.max_abs_change:.3g} ({self.max_rel_change:.2%} of the largest output)")
+        if self.approximate_removed:
+            text += (f"; {self.approximate_removed} of them from approximate groups (a LayerNorm's statistics, or "
+                     "an RMS norm's input they were not zero in, change): the change above is not zero; fine-tune "
+                     "to recover")
+        if self.approximate_kept:
+            text += (f"; {self.approximate_kept} dead channels of approximate groups kept (removing them would change "
+                     "the outputs: pass approximate=True)")
+        return text
 
 
-def prune(model: nn.Module, reg) -> nn.Module:
+def prune(model: nn.Module, reg, approximate: bool = False) -> nn.Module:
     """A smaller copy of ``model`` without the dead channels of ``reg`` (a netmorph regularizer).
 
     ``count_flops(pruned, example_inputs)`` equals ``reg.cost()`` for the FLOPs regularizers (and
-    the model size / latency equal theirs). The copy carries ``netmorph_report`` (:class:`PruneReport`).
+    the model size / latency equal theirs) when nothing approximate is dead. The copy carries
+    ``netmorph_report`` (:class:`PruneReport`).
+
+    ``approximate``: also remove the dead channels of approximate groups (a transformer's hidden width
+    under LayerNorm, whose mean and variance every channel enters: ``explain`` lists them), which
+    changes the outputs (the report measures by how much on the example inputs). By default they
+    are kept, and so the result is exactly the function of the model.
     """
     model = unwrap(model)
     if reg.model is not model:
         raise ValueError("prune(model, reg): reg was built for a different model object; build the "
                          "regularizer on this model, or pass the model it was built on")
-    return prune_channels(model, reg.graph, reg.alive())
+    return prune_channels(model, reg.graph, reg.alive(), approximate)
 
 
-def prune_channels(model: nn.Module, graph: ChannelGraph, alive: np.ndarray) -> nn.Module:
-    """Keep exactly the ``alive`` channels (a bool per channel of ``graph``) of a copy of ``model``."""
+def prune_channels(model: nn.Module, graph: ChannelGraph, alive: np.ndarray, approximate: bool = False) -> nn.Module:
+    """Keep exactly the ``alive`` channels (a bool per channel of ``graph``) of a copy of ``model``;
+    dead channels of approximate groups only with ``approximate=True``."""
+    if not isinstance(approximate, bool):
+        raise TypeError(f"approximate must be True or False, got {approximate!r}")
     frozen_dead = ~alive & ~graph.changeable()
     if frozen_dead.any():
         raise ValueError("cannot remove frozen channels: " + graph.frozen[int(np.flatnonzero(frozen_dead)[0])])
+    approx_dead = ~alive & graph.approximate_mask()
+    if not approximate and approx_dead.any():
+        alive = graph.settle(alive | approx_dead)
+    # an RMS norm's rescale is exact for channels that are zero; one that still carries something there
+    # (a bias left when its weights were zeroed by hand) changes the others' RMS: approximate too
+    carrying = _carried_into_rms(model, graph, alive)
+    approx_dead |= carrying
+    if not approximate and carrying.any():
+        alive = graph.settle(alive | carrying)
     constants = _input_constants(model, graph, alive)
     orders = {g: [c for c in group.channels.tolist() if alive[c]] for g, group in enumerate(graph.groups)}
     new = resize(model, graph, orders, graph.example_inputs)
@@ -91,10 +123,44 @@ def prune_channels(model: nn.Module, graph: ChannelGraph, alive: np.ndarray) -> 
             elif shift.abs().max() > 0:
                 _fold(new, graph, name, shift)
     new.netmorph_report = _report(model, new, graph, int((~alive).sum()), vanished, constant)
+    new.netmorph_report.approximate_removed = int(approx_dead.sum()) if approximate else 0
+    new.netmorph_report.approximate_kept = 0 if approximate else int(approx_dead.sum())
+    new.netmorph_report.widths = {n: int(alive[l.out].sum()) for n, l in graph.layers.items()}
     return new
 
 
 # -- measuring what dead channels emit --------------------------------------------------------
+def _carried_into_rms(model, graph, alive) -> np.ndarray:
+    """Per channel: removed, but not zero at the input of an RMS norm on the example inputs."""
+    carrying = np.zeros(graph.n_channels, dtype=bool)
+    wanted = {n: cls for n, cls in graph.norms.items() if n in graph.rescaled and not alive[cls].all()}
+    if not wanted:
+        return carrying
+    peak: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in wanted:
+        def hook(module, args, name=name):
+            x = args[0].detach()
+            m = x.abs().reshape(-1, x.shape[-1]).amax(0)
+            peak[name] = torch.maximum(peak[name], m) if name in peak else m
+        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*graph.example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, t in modes.items():
+            m.training = t
+    for name, cls in wanted.items():
+        if name in peak and len(peak[name]) == len(cls):
+            nonzero = (peak[name] > 0).cpu().numpy()
+            carrying[cls[~alive[cls] & nonzero]] = True
+    return carrying
+
+
 def _input_constants(model, graph, alive) -> dict[str, torch.Tensor]:
     """Per layer that loses input channels: the mean value of each input slot on the example inputs."""
     wanted = {n for n, layer in graph.layers.items() if len(layer.inputs) and not alive[layer.inputs].all()}

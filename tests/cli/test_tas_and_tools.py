@@ -176,3 +176,31 @@ def test_tas_ctrl_c_then_resume_gives_the_uninterrupted_result(tas_straight_run,
     assert a["structure"] == b["structure"]
     assert [h["flops"] for h in a["search_history"]] == [h["flops"] for h in b["search_history"]]
     assert [h["val_acc"] for h in a["kd_history"]] == [h["val_acc"] for h in b["kd_history"]]
+
+
+def test_prune_removes_approximate_channels_only_with_approximate(tmp_path, capsys):
+    """A LayerNorm hidden width: ``netmorph prune`` keeps its dead channels (exact, structure.json says the
+    width kept) unless ``--approximate``, which removes them and prints the output change."""
+    torch.manual_seed(0)
+    spec = "tests.cli.usermodels:tiny_vit"
+    model, example = load_model(spec, 10, 1), torch.randn(1, 1, 8, 8)
+    reg = make_regularizer(model, example)
+    hidden = reg.graph.groups[int(reg.graph.group_of[reg.graph.layers["patch"].out[0]])]
+    assert hidden.approximate is not None and reg.regularized[hidden.channels].all()
+    reg.zero_channels(hidden.channels[:6])
+    torch.save(model.state_dict(), tmp_path / "reg.pt")
+    model.eval()
+    for flag, width in (((), 16), (("--approximate",), 10)):
+        out = tmp_path / f"p{width}"
+        assert run_cli("prune", "--model", spec, "--input-shape", "1,8,8", "--checkpoint", tmp_path / "reg.pt",
+                       "--out", out, *flag) == 0
+        text = capsys.readouterr().out
+        assert netmorph.Structure.load(out / "structure.json")["patch"] == width
+        small = netmorph.load(load_model(spec, 10, 1), out).eval()
+        assert small.pos.shape == (1, 4, width) and small.norm.normalized_shape == (width,)
+        with torch.no_grad():
+            change = float((small(example) - model(example)).abs().max())
+        if flag:
+            assert "6 of them from approximate groups" in text and change > 1e-4
+        else:
+            assert "pass approximate=True" in text and change <= 1e-5

@@ -145,7 +145,8 @@ def learned_model(build, result, example, recipe, resource, hardware):
     model = replay(build(), result["rounds"][:-1], example, recipe.seed, init=result["init"], resource=resource,
                    hardware=hardware)
     model.load_state_dict(result["rounds"][-1].state)
-    return prune(model, make_regularizer(model, example, resource, hardware, widths=True))
+    # the learned structure, approximate groups (a LayerNorm's hidden width) included: what it costs
+    return prune(model, make_regularizer(model, example, resource, hardware, widths=True), approximate=True)
 
 
 def restore(args, command: str) -> None:

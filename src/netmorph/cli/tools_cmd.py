@@ -41,6 +41,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--trust-checkpoint", action="store_true", help=C.TRUST_HELP)
     p.add_argument("--structure", default=None, help="structure JSON to prune to (default: the dead channels)")
     p.add_argument("--resource", default="flops", help="resource whose regularizer decides dead channels")
+    p.add_argument("--approximate", action="store_true", help="also remove the dead channels of approximate groups "
+                   "(a transformer's hidden width under LayerNorm: see netmorph explain); the output change is printed")
 
     o = sub.add_parser("export", help="write a saved network (a run's final/) to ONNX, checked in onnxruntime",
                        description=EXPORT_DOC, formatter_class=fmt)
@@ -173,9 +175,9 @@ def run_prune(args) -> int:
     C.user_state_dict(args.checkpoint, "--checkpoint", model, args.trust_checkpoint, args.model)   # loads it
     reg = make_regularizer(model, example, resource, hardware)
     if args.structure is None or Structure.load(args.structure) == reg.structure():
-        small = prune(model, reg)
+        small = prune(model, reg, approximate=args.approximate)
         how = f"removed the dead channels ({small.netmorph_report})"
-        structure = reg.structure()
+        structure = small.netmorph_report.widths          # approximate groups' dead channels kept unless asked
     else:
         structure = Structure.load(args.structure)
         small = apply_structure(model, structure, keep="importance", example_inputs=example)

@@ -109,6 +109,10 @@ class Builder:
         self.head_set: set[int] = set()
         self.attrs: list[tuple[str, str, np.ndarray]] = []   # (module, int attribute, slots it counts)
         self.repeated: set[int] = set()               # values made by expand along a new axis (repeat_kv)
+        self.approx: dict[int, str] = {}              # element -> why removing it changes the others (LayerNorm)
+        self.rescaled: dict[str, str] = {}            # RMS norm module -> its epsilon attribute (rescaled on resize)
+        self.params: list[tuple[str, int, np.ndarray]] = []   # (parameter, axis, slots): read in forward, resized
+        self.param_values: dict[int, "Value"] = {}    # id(parameter) -> the Value standing for it
         self._unit: np.ndarray | None = None
 
     # -- elements ----------------------------------------------------------------------------
@@ -144,6 +148,12 @@ class Builder:
         """Tie every element of ``elems`` to every other."""
         if len(elems) > 1:
             self.tie(elems[:-1], elems[1:])
+
+    def approximate(self, elems: np.ndarray, reason: str) -> None:
+        """Mark ``elems`` as channels whose removal changes the function (a LayerNorm's statistics):
+        changeable, but removed by ``prune`` only when asked (``approximate=True``)."""
+        for e in elems.tolist():
+            self.approx.setdefault(e, reason)
 
     def freeze(self, elems: np.ndarray, reason: str) -> None:
         for e in elems.tolist():

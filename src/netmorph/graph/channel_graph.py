@@ -30,6 +30,8 @@ class Group:
     batchnorms: list[str]
     consumers: list[str]            # layers that read them as input
     frozen: str | None              # why the group may not change (None: it may)
+    #: why removing its channels changes the function (a LayerNorm's statistics); None: exact
+    approximate: str | None = None
 
     @property
     def width(self) -> int:
@@ -106,6 +108,17 @@ class ChannelGraph:
     #: (module, int attribute, channel list): the attribute is the new length of that list after a
     #: width change (an attention module's ``num_heads``, ``attn_dim``)
     attrs: list = dataclasses.field(default_factory=list)
+    #: per channel: why removing it changes what the others compute (None: exact)
+    approximate: list = dataclasses.field(default_factory=list)
+    #: RMS norm module -> its epsilon attribute: rescaled by ``resize`` when its width changes
+    rescaled: dict = dataclasses.field(default_factory=dict)
+    #: (parameter name, axis, channel list): parameters read in forward, sliced along ``axis``
+    params: list = dataclasses.field(default_factory=list)
+
+    def approximate_mask(self) -> np.ndarray:
+        """Per channel: whether removing it is approximate (:attr:`Group.approximate`)."""
+        return np.array([a is not None for a in self.approximate], dtype=bool) if self.approximate else \
+            np.zeros(self.n_channels, dtype=bool)
 
     @property
     def n_ops(self) -> int:
@@ -274,6 +287,10 @@ def _finalize(b: Builder) -> ChannelGraph:
     for e, reason in sorted(b.frozen.items()):
         if frozen[cls[e]] is None:
             frozen[cls[e]] = reason
+    approximate: list[str | None] = [None] * n
+    for e, reason in sorted(b.approx.items()):
+        if approximate[cls[e]] is None:
+            approximate[cls[e]] = reason
 
     heads = np.zeros(n, dtype=bool)
     for e in b.heads:
@@ -330,7 +347,8 @@ def _finalize(b: Builder) -> ChannelGraph:
         chans_arr = np.array(chans, dtype=np.int64)
         producers = [s for s in spaces if comp[find(sid[s])] == g]
         reason = next((frozen[k] for k in chans if frozen[k] is not None), None)
-        groups.append(Group(g, chans_arr, producers, [], [], reason))
+        approx = next((approximate[k] for k in chans if approximate[k] is not None), None)
+        groups.append(Group(g, chans_arr, producers, [], [], reason, approx))
     bn_sources = {}
     by_bn: dict[str, list[tuple[int, int]]] = {}
     for name, ch, e in b.bn_sources:
@@ -375,4 +393,5 @@ def _finalize(b: Builder) -> ChannelGraph:
         if b.const_elements else np.zeros(n_ops),
         const_size=b.const_size, op_names=b.op_names, recording=b.rec, heads=heads,
         attrs=[(module, attr, cls[e]) for module, attr, e in b.attrs],
+        approximate=approximate, rescaled=dict(b.rescaled), params=[(name, axis, cls[e]) for name, axis, e in b.params],
         capped={int(g) for e in b.capped for g in np.unique(group_of[cls[e]])})

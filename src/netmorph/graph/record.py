@@ -33,7 +33,11 @@ from .removed import ConstantOutput, Vanished
 #: Module types recorded as one op (when their ``forward`` is not overridden).
 LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
                nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d,
-               nn.InstanceNorm3d, nn.GroupNorm, Vanished, ConstantOutput)
+               nn.InstanceNorm3d, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm, nn.Embedding, Vanished, ConstantOutput)
+
+#: Attribute names a Python-written RMS norm module (Llama's ``LlamaRMSNorm``, T5's ``T5LayerNorm``) may
+#: keep its epsilon in.
+EPS_ATTRS = ("variance_epsilon", "eps", "epsilon")
 
 
 def attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -75,6 +79,7 @@ class Op:
     measured_flops: int
     module: nn.Module | None = None
     module_name: str | None = None
+    note: str | None = None       # what the recorder checked about a layer (an RMS norm's formula)
 
 
 @dataclasses.dataclass
@@ -96,7 +101,45 @@ def is_frozen_batchnorm(module) -> bool:
 
 def _is_layer(module: nn.Module) -> bool:
     return (isinstance(module, LAYER_TYPES) and type(module).forward in {t.forward for t in LAYER_TYPES}) or \
-        is_frozen_batchnorm(module) or is_conv1d(module)
+        is_frozen_batchnorm(module) or is_conv1d(module) or is_rms_module(module)
+
+
+def is_rms_module(module: Any) -> bool:
+    """A Python-written RMS norm (Llama's ``LlamaRMSNorm``, T5's ``T5LayerNorm``, Mistral's, ...): a
+    module whose class name says RMS norm (or is ``T5LayerNorm``), with a 1-d ``weight`` as its only
+    parameter, no submodules and a float epsilon (:data:`EPS_ATTRS`). It is recorded as one op; whether
+    it really computes ``weight * x / sqrt(mean(x**2, -1) + eps)`` is checked on the example inputs
+    (:func:`rms_norm_check`)."""
+    cls = type(module)
+    if isinstance(module, nn.RMSNorm) or not ("rmsnorm" in cls.__name__.lower() or cls.__name__ == "T5LayerNorm"):
+        return False
+    params = dict(module.named_parameters(recurse=False))
+    weight = params.get("weight")
+    return list(params) == ["weight"] and weight.dim() == 1 and not any(True for _ in module.children()) and \
+        rms_eps_attr(module) is not None
+
+
+def rms_eps_attr(module: Any) -> str | None:
+    """The name of the float attribute holding an RMS norm module's epsilon."""
+    return next((a for a in EPS_ATTRS if isinstance(getattr(module, a, None), float)), None)
+
+
+def rms_norm_check(module: nn.Module, args, out) -> str | None:
+    """None if ``out`` is ``weight * x / sqrt(mean(x**2, -1) + eps)`` of the module's input (to float32
+    rounding), else what differs."""
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor) or out.shape != x.shape or \
+            x.shape[-1] != module.weight.numel():
+        return "its input and output are not one tensor of the width of its weight"
+    with torch.no_grad():
+        xf = x.detach().double()
+        eps = float(getattr(module, rms_eps_attr(module)))
+        want = module.weight.detach().double() * xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        err = float((want - out.detach().double()).abs().max()) if want.numel() else 0.0
+        scale = float(want.abs().max()) if want.numel() else 1.0
+    tol = 1e-6 if out.dtype == torch.float64 else 1e-2 if out.dtype in (torch.float16, torch.bfloat16) else 1e-5
+    return None if err <= tol * max(scale, 1e-30) else \
+        f"its output differs from weight * x / sqrt(mean(x**2) + eps) by {err:.3g} on the example inputs"
 
 
 def normalize_name(func: Any) -> str:
@@ -193,8 +236,9 @@ class _Recorder(TorchFunctionMode):
             if not self.hidden:
                 with torch._C.DisableTorchFunction():
                     inputs, before = self.pending.pop()
+                    note = rms_norm_check(module, args, out) if is_rms_module(module) else None
                     self.ops.append(Op(type(module).__name__, self.stack[-1], inputs, {}, self.outputs(out),
-                                       self.flops.get_total_flops() - before, module, name))
+                                       self.flops.get_total_flops() - before, module, name, note))
                     self.module_outputs.setdefault(name, []).extend(self.ops[-1].outputs)
 
 

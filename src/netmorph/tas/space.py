@@ -93,7 +93,10 @@ def check_scope(model: nn.Module) -> None:
 def width_spaces(graph: ChannelGraph, model: nn.Module, ratios) -> list[WidthSpace]:
     spaces = []
     for group in graph.groups:
-        if group.frozen is not None:
+        # TAS masks layer outputs: a group a parameter read in forward makes (a layer scale, a class token)
+        # or a LayerNorm's approximate group keeps its width, as a frozen one does
+        if group.frozen is not None or group.approximate is not None or \
+                any(p.startswith("parameter '") for p in group.producers):
             continue
         sites = []
         for producer in group.producers:
@@ -109,6 +112,8 @@ def width_spaces(graph: ChannelGraph, model: nn.Module, ratios) -> list[WidthSpa
             sites.append(Site(name, np.array([where[int(c)] for c in group.channels], dtype=np.int64), dim))
         masks = []
         for bn, cls in graph.norms.items():
+            if bn in graph.rescaled or isinstance(model.get_submodule(bn), nn.LayerNorm):
+                continue                              # channels-last norms over the channels: not a BN to mask
             where = {int(c): i for i, c in enumerate(cls.tolist()) if graph.group_of[c] == group.id}
             if bn not in {s.module for s in sites} and len(where) == group.width == int(np.isin(cls, group.channels).sum()):
                 masks.append(Site(bn, np.array([where[int(c)] for c in group.channels], dtype=np.int64), 1))

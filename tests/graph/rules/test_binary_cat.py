@@ -97,17 +97,28 @@ def test_squeeze_excitation_scale_is_tied_to_the_channels_it_scales(x8):
     assert reg.cost() == 1152 * 9 + 12 + 12 + 128 * 6
 
 
-def test_a_per_channel_parameter_freezes_what_it_scales(x8):
+def test_a_per_channel_parameter_is_tied_to_what_it_scales_and_pruned_with_it(x8):
     class Scaled(nn.Module):
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv2d(3, 4, 1)
             self.bn = nn.BatchNorm2d(4)
-            self.scale = nn.Parameter(torch.ones(1, 4, 1, 1))
+            self.scale = nn.Parameter(torch.arange(1.0, 5.0).reshape(1, 4, 1, 1))
             self.head = nn.Conv2d(4, 2, 1)
 
         def forward(self, x):
             return self.head(self.bn(self.conv(x)) * self.scale * 2.0)
-    graph = build_graph(Scaled(), x8)
+    torch.manual_seed(0)
+    model = Scaled().eval()
+    graph = build_graph(model, x8)
     conv_group = next(g for g in graph.groups if "conv" in g.producers)
-    assert conv_group.frozen is not None and "'mul'" in conv_group.frozen
+    assert conv_group.frozen is None and "parameter 'scale'" in conv_group.producers
+    assert [(n, axis) for n, axis, _ in graph.params] == [("scale", 1)]
+    set_gammas(model.bn, [1.0, 0.0, 1.0, 0.0])
+    with torch.no_grad():
+        model.bn.bias.copy_(torch.tensor([0.5, 0.25, -0.5, 1.0]))      # dead channels emit beta * scale * 2
+        before = model(x8)
+    small = netmorph.prune(model, netmorph.GammaFlopsRegularizer(model, x8))
+    assert small.scale.shape == (1, 2, 1, 1) and small.scale.flatten().tolist() == [1.0, 3.0]
+    with torch.no_grad():
+        assert torch.allclose(small(x8), before, atol=1e-5)

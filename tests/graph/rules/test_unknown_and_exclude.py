@@ -49,19 +49,19 @@ def test_exclude_freezes_matching_modules_and_refuses_unknown_patterns():
 
 
 class ChannelsLastNorm(nn.Module):
-    """ConvNeXt's block in small (timm's LayerNorm2d: a layer norm over channels on a channels-last
-    view), then an MLP of 1x1 convs: the norm freezes the channels it mixes, and nothing else."""
+    """ConvNeXt's block in small (a layer norm over channels on a channels-last view, here a functional
+    one with no module of its own, which netmorph could not resize: frozen), then an MLP of 1x1 convs:
+    the norm freezes the channels it mixes, and nothing else."""
 
     def __init__(self):
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.ln = nn.LayerNorm(8)
         self.fc1, self.fc2 = nn.Conv2d(8, 16, 1), nn.Conv2d(16, 8, 1)
         self.head = nn.Conv2d(8, 2, 1)
 
     def forward(self, x):
         h = self.stem(x)
-        n = torch.nn.functional.layer_norm(h.permute(0, 2, 3, 1), (8,), self.ln.weight, self.ln.bias).permute(0, 3, 1, 2)
+        n = torch.nn.functional.layer_norm(h.permute(0, 2, 3, 1), (8,)).permute(0, 3, 1, 2)
         return self.head(h + self.fc2(torch.nn.functional.gelu(self.fc1(n))))
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from torch import nn
 
 from .. import removed as _removed
-from ..record import is_conv1d, is_frozen_batchnorm
-from . import (attention, batchnorm, binary, cat, conv, conv_transpose, frozen_batchnorm, functional_layer, functional_norm,
-               groupnorm, layernorm, linear, matmul, permute, pointwise, pool, reduce, removed, repeat, resample, reshape,
-               setitem, split, unknown)
+from ..record import is_conv1d, is_frozen_batchnorm, is_rms_module
+from . import (attention, batchnorm, binary, cat, conv, conv_transpose, embedding, frozen_batchnorm, functional_layer,
+               functional_norm, groupnorm, layernorm, linear, matmul, parameter, permute, pointwise, pool, reduce, removed,
+               repeat, resample, reshape, rmsnorm, setitem, split, unknown)
 
 LAYER_RULES = {
     nn.Conv1d: conv.conv, nn.Conv2d: conv.conv, nn.Conv3d: conv.conv,
@@ -25,24 +25,28 @@ LAYER_RULES = {
     nn.InstanceNorm3d: batchnorm.batchnorm, nn.GroupNorm: groupnorm.groupnorm,
     nn.ConvTranspose1d: conv_transpose.conv_transpose, nn.ConvTranspose2d: conv_transpose.conv_transpose,
     nn.ConvTranspose3d: conv_transpose.conv_transpose,
+    nn.LayerNorm: layernorm.module_rule, nn.RMSNorm: rmsnorm.module_rule, nn.Embedding: embedding.module_rule,
     _removed.Vanished: removed.vanished, _removed.ConstantOutput: removed.constant,
 }
 
 FUNCTION_RULES = {}
-for _module in (attention, binary, cat, functional_layer, functional_norm, layernorm, matmul, permute, pointwise, pool,
-                reduce, repeat, resample, reshape, setitem, split):
+for _module in (attention, binary, cat, embedding, functional_layer, functional_norm, layernorm, matmul, permute,
+                pointwise, pool, reduce, repeat, resample, reshape, rmsnorm, setitem, split):
     for _name in _module.NAMES:
         FUNCTION_RULES[_name] = _module.rule
 
 
 def apply(builder, op) -> None:
-    """Apply the op's rule, or freeze what it touches when there is none or it declines."""
+    """Apply the op's rule, or freeze what it touches when there is none or it declines. Parameters
+    the op reads as tensors are tracked first (:mod:`.parameter`)."""
+    op = parameter.track_parameters(builder, op)
     if op.module is None:
         rule = FUNCTION_RULES.get(op.name)
     else:
         rule = LAYER_RULES.get(type(op.module)) or \
             (frozen_batchnorm.frozen_batchnorm if is_frozen_batchnorm(op.module) else None) or \
-            (linear.conv1d if is_conv1d(op.module) else None)
+            (linear.conv1d if is_conv1d(op.module) else None) or \
+            (rmsnorm.module_rule if is_rms_module(op.module) else None)
     if rule is None or not rule(builder, op):
         unknown.freeze_op(builder, op, "no rule for this op" if rule is None else "outside what the rule can prove safe")
     builder.track_ancestors(op)

@@ -18,7 +18,14 @@ def freeze_op(b, op, why: str) -> None:
     where = f" in '{op.scope}'" if op.scope else ""
     label = f"{op.module_name} ({op.name})" if op.module_name else f"'{op.name}'"
     hint = HINTS.get(op.name)
-    reason = f"touched by op {label}{where}: {why}" + (f" ({hint})" if hint and why == "no rule for this op" else "")
+    reason = f"touched by op {label}{where}: {why}" + (f" ({hint})" if hint and why == "no rule for this op" else "") + \
+        (f" ({op.note})" if op.note else "")
+    read = sorted({b.rec.param_owner[id(p)] for p in _parameters(op.inputs) + _parameters(list(op.kwargs.values()))
+                   if id(p) in b.rec.param_owner and getattr(op.module, "weight", None) is not p})
+    read += [name for name, _, e in b.params for v in b.tensors(op) if v.id < 0 and b.get(v) is not None
+             and b.get(v).elems is e and name not in read]
+    if read:                                      # a class token or position embedding read by an op without a rule
+        reason += f" (it reads parameter {', '.join(repr(n) for n in read[:3])})"
     inputs = b.tensors(op)
     for v in inputs:
         s = b.get(v)
