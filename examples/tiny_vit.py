@@ -79,6 +79,8 @@ def main() -> dict:
     batches = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=64, shuffle=True)
     total = args.epochs * len(batches)
     learner = netmorph.StructureLearner(model, example, shrink=args.shrink, total_steps=total, log=lambda s: None)
+    # the hidden width is read by LayerNorm, so removing its channels would only be approximate: left whole here
+    learner.reg.regularized &= ~learner.reg.graph.approximate_mask()
     # the weights the regularizer reads (MLP rows, the output projections' columns) get no weight decay
     free = {id(p) for p in learner.no_decay_parameters()}
     opt = torch.optim.AdamW([{"params": [p for p in model.parameters() if id(p) not in free], "weight_decay": 0.05},

@@ -359,14 +359,13 @@ def t5(impl):
 
 
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
-def test_t5_heads_are_tied_across_each_stack_by_the_shared_position_bias_and_stay_frozen(impl, one_thread):
+def test_t5_heads_are_tied_across_each_stack_by_the_shared_position_bias(impl, one_thread):
     """T5 computes its relative position bias ``[1, heads, q, k]`` once per stack (an ``nn.Embedding`` of
-    ``heads`` columns, in the first layer) and adds it to every layer's scores; cross-attention adds a
-    zero bias made in the first cross-attention layer. Head h of every layer of a stack reads the same
-    bias slice, so the heads are tied across the stack (eager: the one bias tensor is added to every
-    layer's scores; sdpa merges it with the mask into a new tensor per layer); the bias itself is made by ops
-    no rule slices (a lookup, ``torch.zeros``): the heads are frozen and ``explain`` says why. The MLPs still
-    prune exactly."""
+    ``heads`` columns, in the first layer) and adds it to every layer's scores, so head h of every layer
+    of a stack reads the same bias slice: the heads are tied across the stack, and a head goes from every
+    layer with its bias column, exactly. Where the bias is merged with the causal mask into a new tensor
+    per layer (sdpa's decoder) or made by ``torch.zeros`` (cross-attention), no rule slices it and those
+    heads are frozen, ``explain`` saying why."""
     model, x = t5(impl)
     graph = build_graph(model, x)
 
@@ -376,27 +375,40 @@ def test_t5_heads_are_tied_across_each_stack_by_the_shared_position_bias_and_sta
                         ("decoder", "layer.1.EncDecAttention")):
         first, second = heads(f"{stack}.block.0.{attn}"), heads(f"{stack}.block.1.{attn}")
         assert len(first) == len(second) == 4
-        assert first == second or impl == "sdpa"                      # head h of layer 0 is head h of layer 1
+        tied = stack == "encoder" or (impl == "eager" and "EncDec" not in attn)
+        assert (first == second) == (tied or (impl == "eager" and "EncDec" in attn))
         why = graph.frozen[min(first)]
-        assert why is not None and graph.frozen[min(second)] is not None
-        bias = "zeros" if "EncDec" in attn else ("relative_attention_bias" if stack == "encoder" or impl == "eager"
-                                                  else "where")       # sdpa's decoder: bias merged with the causal mask
-        assert bias in why, why
-        if impl == "sdpa":
-            assert why.startswith(f"attention heads in 'model.{stack}.block.0.{attn}' read a mask that differs per head")
+        if tied:
+            assert why is None and graph.frozen[min(second)] is None
+            continue
+        bias = "zeros" if impl == "eager" else "read a mask that differs per head"
+        assert why is not None and bias in why, why
     assert heads("encoder.block.0.layer.0.SelfAttention").isdisjoint(heads("decoder.block.0.layer.0.SelfAttention"))
-    text = netmorph.explain(model, x)                                  # (self-attention: the channels' reasons above;
-    assert "'zeros' in 'model.decoder.block.0.layer.1.EncDecAttention'" in text     # explain labels merged groups)
     reg = netmorph.GroupLassoFlopsRegularizer(model, x, threshold=0.0)
-    assert not reg.regularized[reg.graph.heads].any()
-    reg.zero_channels(np.flatnonzero(reg.regularized)[::3])              # a third of the MLP channels
+    encoder_heads = sorted(heads("encoder.block.0.layer.0.SelfAttention"))
+    reg.zero_channels([encoder_heads[1]])                               # head 1 of every encoder layer
+    for i in (0, 1):                                                    # a third of each encoder MLP's channels
+        reg.zero_channels(reg.graph.layers[f"model.encoder.block.{i}.layer.1.DenseReluDense.wi"].out[::3])
     with torch.no_grad():
         before = model(*x)
     small = netmorph.prune(model, reg).eval()
     with torch.no_grad():
         assert (small(*x) - before).abs().max() <= 1e-5 * before.abs().max()
-    assert all(a.n_heads == 4 and a.q.weight.shape == (64, 64) for a in small.modules() if hasattr(a, "n_heads"))
-    assert small.model.encoder.block[0].layer[1].DenseReluDense.wi.out_features < 256
+    encoder = small.model.encoder
+    assert [blk.layer[0].SelfAttention.n_heads for blk in encoder.block] == [3, 3]
+    assert encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.shape[1] == 3
+    assert all(blk.layer[1].DenseReluDense.wi.out_features < 256 for blk in encoder.block)
+
+
+def test_a_t5_head_dead_in_one_layer_only_is_kept(one_thread):
+    """Head h of layer 0 and head h of layer 1 read one bias column: one of them dead is not enough."""
+    model, x = t5("eager")
+    reg = netmorph.GroupLassoFlopsRegularizer(model, x, threshold=0.0)
+    attn = model.model.encoder.block[0].layer[0].SelfAttention
+    with torch.no_grad():
+        attn.o.weight[:, 16:32] = 0                                     # head 1's output columns, layer 0 only
+    small = netmorph.prune(model, reg)
+    assert [blk.layer[0].SelfAttention.n_heads for blk in small.model.encoder.block] == [4, 4]
 
 
 @pytest.mark.parametrize("name", ["bert", "hf_vit"])
