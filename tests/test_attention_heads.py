@@ -361,32 +361,26 @@ def t5(impl):
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
 def test_t5_heads_are_tied_across_each_stack_by_the_shared_position_bias(impl, one_thread):
     """T5 computes its relative position bias ``[1, heads, q, k]`` once per stack (an ``nn.Embedding`` of
-    ``heads`` columns, in the first layer) and adds it to every layer's scores, so head h of every layer
-    of a stack reads the same bias slice: the heads are tied across the stack, and a head goes from every
-    layer with its bias column, exactly. Where the bias is merged with the causal mask into a new tensor
-    per layer (sdpa's decoder) or made by ``torch.zeros`` (cross-attention), no rule slices it and those
-    heads are frozen, ``explain`` saying why."""
+    ``heads`` columns, in the first layer; cross-attention: ``torch.zeros((1, self.n_heads, q, k))``) and
+    adds it to every layer's scores (sdpa: merged with the causal mask by ``torch.where`` first), so head
+    h of every layer of a stack reads the same bias slice: the heads are tied across the stack, and a
+    head goes from every layer with its bias column, exactly."""
     model, x = t5(impl)
     graph = build_graph(model, x)
 
     def heads(attn):
         return set(graph.layers[f"model.{attn}.q"].out.tolist())
-    for stack, attn in (("encoder", "layer.0.SelfAttention"), ("decoder", "layer.0.SelfAttention"),
-                        ("decoder", "layer.1.EncDecAttention")):
+    kinds = {"encoder": ("encoder", "layer.0.SelfAttention"), "decoder": ("decoder", "layer.0.SelfAttention"),
+             "cross": ("decoder", "layer.1.EncDecAttention")}
+    found = {}
+    for kind, (stack, attn) in kinds.items():
         first, second = heads(f"{stack}.block.0.{attn}"), heads(f"{stack}.block.1.{attn}")
-        assert len(first) == len(second) == 4
-        tied = stack == "encoder" or (impl == "eager" and "EncDec" not in attn)
-        assert (first == second) == (tied or (impl == "eager" and "EncDec" in attn))
-        why = graph.frozen[min(first)]
-        if tied:
-            assert why is None and graph.frozen[min(second)] is None
-            continue
-        bias = "zeros" if impl == "eager" else "read a mask that differs per head"
-        assert why is not None and bias in why, why
-    assert heads("encoder.block.0.layer.0.SelfAttention").isdisjoint(heads("decoder.block.0.layer.0.SelfAttention"))
+        assert len(first) == 4 and first == second                       # head h of layer 0 is head h of layer 1
+        assert all(graph.frozen[c] is None for c in first)
+        found[kind] = sorted(first)
+    assert len(set().union(*map(set, found.values()))) == 12                # three separate sets of heads
     reg = netmorph.GroupLassoFlopsRegularizer(model, x, threshold=0.0)
-    encoder_heads = sorted(heads("encoder.block.0.layer.0.SelfAttention"))
-    reg.zero_channels([encoder_heads[1]])                               # head 1 of every encoder layer
+    reg.zero_channels([found["encoder"][1], found["decoder"][2], found["cross"][0], found["cross"][3]])
     for i in (0, 1):                                                    # a third of each encoder MLP's channels
         reg.zero_channels(reg.graph.layers[f"model.encoder.block.{i}.layer.1.DenseReluDense.wi"].out[::3])
     with torch.no_grad():
@@ -394,10 +388,13 @@ def test_t5_heads_are_tied_across_each_stack_by_the_shared_position_bias(impl, o
     small = netmorph.prune(model, reg).eval()
     with torch.no_grad():
         assert (small(*x) - before).abs().max() <= 1e-5 * before.abs().max()
-    encoder = small.model.encoder
-    assert [blk.layer[0].SelfAttention.n_heads for blk in encoder.block] == [3, 3]
-    assert encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.shape[1] == 3
-    assert all(blk.layer[1].DenseReluDense.wi.out_features < 256 for blk in encoder.block)
+    inner = small.model
+    assert [blk.layer[0].SelfAttention.n_heads for blk in inner.encoder.block] == [3, 3]
+    assert [blk.layer[0].SelfAttention.n_heads for blk in inner.decoder.block] == [3, 3]
+    assert [blk.layer[1].EncDecAttention.n_heads for blk in inner.decoder.block] == [2, 2]
+    assert inner.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.shape[1] == 3
+    assert all(blk.layer[1].DenseReluDense.wi.out_features < 256 for blk in inner.encoder.block)
+    assert netmorph.count_flops(small, x) == reg.cost() == reference_flops(small, *x) < reference_flops(model, *x)
 
 
 def test_a_t5_head_dead_in_one_layer_only_is_kept(one_thread):

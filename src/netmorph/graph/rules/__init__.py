@@ -12,9 +12,9 @@ from torch import nn
 
 from .. import removed as _removed
 from ..record import is_conv1d, is_frozen_batchnorm, is_rms_module
-from . import (attention, batchnorm, binary, cat, conv, conv_transpose, embedding, frozen_batchnorm, functional_layer,
+from . import (attention, batchnorm, binary, cat, conv, conv_transpose, embedding, factory, frozen_batchnorm, functional_layer,
                functional_norm, groupnorm, layernorm, linear, matmul, parameter, permute, pointwise, pool, reduce, removed,
-               repeat, resample, reshape, rmsnorm, setitem, split, unknown)
+               repeat, resample, reshape, rmsnorm, setitem, split, unknown, where)
 
 LAYER_RULES = {
     nn.Conv1d: conv.conv, nn.Conv2d: conv.conv, nn.Conv3d: conv.conv,
@@ -30,8 +30,8 @@ LAYER_RULES = {
 }
 
 FUNCTION_RULES = {}
-for _module in (attention, binary, cat, embedding, functional_layer, functional_norm, layernorm, matmul, permute,
-                pointwise, pool, reduce, repeat, resample, reshape, rmsnorm, setitem, split):
+for _module in (attention, binary, cat, embedding, factory, functional_layer, functional_norm, layernorm, matmul, permute,
+                pointwise, pool, reduce, repeat, resample, reshape, rmsnorm, setitem, split, where):
     for _name in _module.NAMES:
         FUNCTION_RULES[_name] = _module.rule
 
