@@ -99,10 +99,25 @@ def test_a_model_on_another_device_records_with_example_inputs_made_on_the_cpu()
 def test_morph_on_cuda_with_amp_learns_a_structure_and_returns_a_model_on_the_gpu():
     x, y = blobs(512)
     build = lambda: net().cuda()          # noqa: E731
-    recipe = dataclasses.replace(RECIPE, amp="bf16" if torch.cuda.is_bf16_supported() else "fp16",
+    recipe = dataclasses.replace(RECIPE, amp="bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16",
                                  channels_last=True)
     result = netmorph.morph(build, (x, y), blobs(128, 1), torch.zeros(1, 2, 8, 8), budget=0.8, shrink=0.6,
                             recipe=recipe, log=lambda s: None)
     final = result["model"]
     assert next(final.parameters()).is_cuda
     assert netmorph.count_flops(final, torch.zeros(1, 2, 8, 8)) <= 0.8 * netmorph.count_flops(net(), torch.zeros(1, 2, 8, 8)) * 1.02
+
+
+def test_channels_last_leaves_5d_weights_alone_and_prune_runs_on_the_models_device():
+    """A Conv3d's 5-d weight cannot be channels-last (``nn.Module.to`` would raise): only 4-d tensors
+    change. And the graph keeps its example inputs on the model's device, where prune runs the model
+    (the meta device standing in for a GPU)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.Flatten(2), nn.Conv1d(4, 8, 1), nn.AdaptiveAvgPool1d(1),
+                          nn.Flatten(), nn.Linear(8, 2))
+    x, y = torch.randn(64, 1, 4, 4, 4), torch.randint(0, 2, (64,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+    fit(model, loader, loader, dataclasses.replace(RECIPE, epochs=1, channels_last=True), log=lambda s: None)
+    assert model[0].weight.dim() == 5 and model[0].weight.is_contiguous()
+    graph = build_graph(net().to("meta"), torch.zeros(1, 2, 8, 8))
+    assert graph.example_inputs[0].device.type == "meta"

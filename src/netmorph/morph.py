@@ -35,7 +35,7 @@ from .structure import Structure
 from .surgery import prune
 from . import dist, faults
 from .train import (Interrupted, Recipe, evaluate as accuracy, fit, learning_rate, load_training_state, loader_rng_state,
-                    make_optimizer, set_loader_rng_state, steps_per_epoch, train_epoch, training_state)
+                    make_optimizer, set_loader_rng_state, steps_per_epoch, to_channels_last, train_epoch, training_state)
 
 FAMILY = {("gamma", "flops"): R.GammaFlopsRegularizer, ("gamma", "size"): R.GammaModelSizeRegularizer,
           ("gamma", "latency"): R.GammaLatencyRegularizer, ("weight", "flops"): R.GroupLassoFlopsRegularizer,
@@ -178,13 +178,13 @@ def regularize(model, train, val, example_inputs, target: float, recipe: Recipe,
     opt = make_optimizer(model, recipe, learner.no_decay_parameters())
     gen = torch.Generator().manual_seed(recipe.seed)
     if recipe.channels_last:
-        model.to(memory_format=torch.channels_last)
+        to_channels_last(model)
     if state is None:
         learner.state["strength"] = strength if strength is not None else \
             initial_strength(learner.reg, recipe, steps, target, approach)
         state = {"epoch": 0, "position": None}
     else:
-        load_training_state(state, model, opt, gen)
+        load_training_state(state, model, opt, gen, recipe)
         learner.load_state_dict(state["learner"])
 
     def save(position=None):
@@ -340,7 +340,7 @@ def morph(build_model: Callable[[], nn.Module], train, val, example_inputs, budg
     opt, gen = make_optimizer(model, final_recipe), torch.Generator().manual_seed(final_recipe.seed)
     done = state["train"] if state["stage"] == "final" else None
     if done is not None:
-        load_training_state(done, model, opt, gen)
+        load_training_state(done, model, opt, gen, final_recipe)
 
     def keep_final(epoch, opt, gen, hist, position=None):
         state["stage"] = "final"

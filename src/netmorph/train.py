@@ -44,6 +44,15 @@ class Recipe:
 AMP = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """Store the model's 4-d parameters and buffers in the channels-last memory format (in place; 5-d
+    ones, a Conv3d's, stay as they are: ``nn.Module.to(memory_format=...)`` would refuse them)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.dim() == 4:
+            t.data = t.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
 def device_of(model: nn.Module) -> torch.device:
     """Where ``model`` runs: the device of its first parameter (or buffer); the CPU if it has none."""
     for t in model.parameters():
@@ -137,18 +146,26 @@ def training_state(model: nn.Module, opt, generator: torch.Generator) -> dict:
              "torch_rng": torch.get_rng_state()}
     if opt in _SCALERS:        # fp16: the loss scale goes on where it was
         state["scaler"] = _SCALERS[opt].state_dict()
+    device = device_of(model)
+    if device.type == "cuda":  # dropout and other draws on the GPU come from its own generator
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def load_training_state(state: dict, model: nn.Module, opt, generator: torch.Generator) -> None:
-    """Put back what :func:`training_state` saved (checkpoints older than ``torch_rng`` lack it)."""
+def load_training_state(state: dict, model: nn.Module, opt, generator: torch.Generator, recipe=None) -> None:
+    """Put back what :func:`training_state` saved (checkpoints older than ``torch_rng`` lack it). An fp16
+    grad scaler's state is put back when ``recipe`` trains in fp16 (or no recipe is given); the GPU's
+    generator when the model is on a GPU (a run moved between devices continues, not bit for bit)."""
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
     generator.set_state(state["generator"])
     if "torch_rng" in state:
         torch.set_rng_state(state["torch_rng"])
-    if state.get("scaler"):         # trained under fp16: the loss scale goes on where it was
+    if state.get("scaler") and getattr(recipe, "amp", "fp16") == "fp16":   # the loss scale goes on where it was
         grad_scaler(opt, Recipe(amp="fp16"), device_of(model)).load_state_dict(state["scaler"])
+    device = device_of(model)
+    if "cuda_rng" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
 
 
 def is_loader(data) -> bool:
@@ -373,7 +390,7 @@ def fit(model, train, val, recipe: Recipe, reg=None, strength: float = 0.0, log=
     opt = opt or make_optimizer(model, recipe, reg.source_parameters() if reg is not None else ())
     grad_scaler(opt, recipe, device_of(model))         # fp16: made now, so a checkpoint holds its state
     if recipe.channels_last:
-        model.to(memory_format=torch.channels_last)
+        to_channels_last(model)
     history = list(history or [])
     stepper = dist.wrap(model)
     pull = (lambda step, lr: reg.proximal_step(lr, strength)) if reg is not None and strength else None

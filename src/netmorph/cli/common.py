@@ -84,7 +84,7 @@ def resolve_amp(text: str, device: torch.device) -> str:
         return text
     if device.type != "cuda":
         return "off"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
 
 
 def resolve_channels_last(text: str, device: torch.device) -> bool:
@@ -540,7 +540,7 @@ def train_resumable(model, data, recipe, ckpt: Path, label: str, stop, progress,
     opt, gen = make_optimizer(model, recipe), torch.Generator().manual_seed(recipe.seed)
     saved = load_run_file(ckpt)
     if saved is not None:
-        load_training_state(saved, model, opt, gen)
+        load_training_state(saved, model, opt, gen, recipe)
         set_loader_rng_state(data.train, saved.get("data_rng"))
         if saved["epoch"] >= recipe.epochs and saved["position"] is None:
             return saved["history"]

@@ -16,7 +16,7 @@ import numpy as np
 from torch import nn
 
 from .builder import Builder
-from .record import Recording, as_input_tuple, is_conv1d, record
+from .record import Recording, as_input_tuple, inputs_on_device_of, is_conv1d, record, unwrap
 from .rules import apply
 
 
@@ -250,7 +250,7 @@ def build_graph(model: nn.Module, example_inputs, exclude=()) -> ChannelGraph:
     if isinstance(exclude, str):
         exclude = (exclude,)
     rec = record(model, example_inputs)
-    inputs = as_input_tuple(example_inputs)
+    inputs = inputs_on_device_of(unwrap(model), as_input_tuple(example_inputs))   # what prune runs the model on
     b = Builder(rec)
     for i, v in enumerate(rec.inputs):
         b.fresh(v, f"input {i}", f"reaches model input {i}")

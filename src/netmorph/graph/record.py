@@ -299,7 +299,7 @@ def as_input_tuple(example_inputs: Any) -> tuple:
                     "([image],) for a model that takes a list of images")
 
 
-def _on_device_of(model: nn.Module, inputs: tuple) -> tuple:
+def inputs_on_device_of(model: nn.Module, inputs: tuple) -> tuple:
     """``inputs`` moved to the device of the model's first parameter (or buffer), so example inputs
     made on the CPU record a model on a GPU; unchanged when the model has neither."""
     first = next(iter(model.parameters()), None)
@@ -330,7 +330,7 @@ def record(model: nn.Module, example_inputs: Any) -> Recording:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     model = unwrap(model)
-    inputs = _on_device_of(model, as_input_tuple(example_inputs))
+    inputs = inputs_on_device_of(model, as_input_tuple(example_inputs))
     modes = {m: m.training for m in model.modules()}
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     flops = FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS)

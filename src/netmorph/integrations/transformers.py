@@ -72,7 +72,7 @@ class MorphNetCallback(TrainerCallback):
                 raise ValueError(f"resuming at step {state.global_step}, but {saved} does not exist: MorphNetCallback "
                                  "saves its state into the checkpoints it sees written; resume from one of those, or "
                                  "start the structure learning again")
-            self.learner.load_state_dict(torch.load(saved, weights_only=True))
+            self.learner.load_state_dict(torch.load(saved, weights_only=True, map_location="cpu"))
         self.training = True
 
     def on_step_end(self, args, state, control, optimizer=None, **kw):
