@@ -10,19 +10,9 @@ from torch import nn
 
 import netmorph
 from tests.conftest import reference_flops
+from tests.test_attention_heads import Out
 
 transformers = pytest.importorskip("transformers", reason="transformers is in the test extra: pip install -e '.[test]'")
-
-
-class Out(nn.Module):
-    """One output tensor of a Hugging Face model (no key/value cache: it would be an output)."""
-
-    def __init__(self, model, key, **kwargs):
-        super().__init__()
-        self.model, self.key, self.kwargs = model, key, kwargs
-
-    def forward(self, x):
-        return getattr(self.model(x, **self.kwargs), self.key)
 
 
 def _config(name, **kw):

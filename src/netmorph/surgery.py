@@ -130,6 +130,22 @@ def prune_channels(model: nn.Module, graph: ChannelGraph, alive: np.ndarray, app
 
 
 # -- measuring what dead channels emit --------------------------------------------------------
+def _run(model, inputs, pre_hooks=None):
+    """``model(*inputs)`` in eval mode under ``no_grad`` with ``pre_hooks`` (module name -> forward
+    pre-hook) registered for the call; every module's train/eval mode is put back afterwards."""
+    handles = [model.get_submodule(n).register_forward_pre_hook(h) for n, h in (pre_hooks or {}).items()]
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            return model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, t in modes.items():
+            m.training = t
+
+
 def _carried_into_rms(model, graph, alive) -> np.ndarray:
     """Per channel: removed, but not zero at the input of an RMS norm on the example inputs."""
     carrying = np.zeros(graph.n_channels, dtype=bool)
@@ -137,23 +153,14 @@ def _carried_into_rms(model, graph, alive) -> np.ndarray:
     if not wanted:
         return carrying
     peak: dict[str, torch.Tensor] = {}
-    handles = []
-    for name in wanted:
-        def hook(module, args, name=name):
+
+    def hook(name):
+        def seen(module, args):
             x = args[0].detach()
             m = x.abs().reshape(-1, x.shape[-1]).amax(0)
             peak[name] = torch.maximum(peak[name], m) if name in peak else m
-        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(*graph.example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, t in modes.items():
-            m.training = t
+        return seen
+    _run(model, graph.example_inputs, {name: hook(name) for name in wanted})
     for name, cls in wanted.items():
         if name in peak and len(peak[name]) == len(cls):
             nonzero = (peak[name] > 0).cpu().numpy()
@@ -165,24 +172,17 @@ def _input_constants(model, graph, alive) -> dict[str, torch.Tensor]:
     """Per layer that loses input channels: the mean value of each input slot on the example inputs."""
     wanted = {n for n, layer in graph.layers.items() if len(layer.inputs) and not alive[layer.inputs].all()}
     found: dict[str, torch.Tensor] = {}
-    handles = []
-    for name in wanted:
-        def hook(module, args, name=name):
+    if not wanted:
+        return found
+
+    def hook(name):
+        def seen(module, args):
             if name not in found:
                 x = args[0].detach()
                 found[name] = x.transpose(0, 1).reshape(x.shape[1], -1).mean(1) if x.dim() > 2 and \
                     isinstance(module, nn.modules.conv._ConvNd) else x.reshape(-1, x.shape[-1]).mean(0)
-        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(*graph.example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, t in modes.items():
-            m.training = t
+        return seen
+    _run(model, graph.example_inputs, {name: hook(name) for name in wanted})
     return found
 
 
@@ -224,14 +224,7 @@ def _fold(root: nn.Module, graph: ChannelGraph, name: str, shift: torch.Tensor) 
 
 
 def _report(model, pruned, graph, removed, vanished, constant) -> PruneReport:
-    outs = []
-    for m in (model, pruned):
-        modes = {x: x.training for x in m.modules()}
-        m.eval()
-        with torch.no_grad():
-            outs.append([t.detach() for t in flatten_tensors(m(*graph.example_inputs))])
-        for x, t in modes.items():
-            x.training = t
+    outs = [[t.detach() for t in flatten_tensors(_run(m, graph.example_inputs))] for m in (model, pruned)]
     diff = max((float((a - b).abs().max()) for a, b in zip(*outs) if a.numel()), default=0.0)
     scale = max((float(a.abs().max()) for a in outs[0] if a.numel()), default=1.0)
     return PruneReport(diff, diff / max(scale, 1e-30), count_flops(model, graph.example_inputs),

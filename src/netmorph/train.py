@@ -66,7 +66,7 @@ def to_device(x, device: torch.device, channels_last: bool = False):
     """``x`` (a tensor, or lists / tuples / dicts of them) on ``device``; 4-d float tensors in the
     channels-last memory format if asked. Anything else is returned as it is."""
     if torch.is_tensor(x):
-        x = x.to(device, non_blocking=True)
+        x = x.to(device, non_blocking=device.type == "cuda")    # asynchronous only towards a GPU
         if channels_last and x.dim() == 4 and x.is_floating_point():
             x = x.contiguous(memory_format=torch.channels_last)
         return x

@@ -307,16 +307,8 @@ def inputs_on_device_of(model: nn.Module, inputs: tuple) -> tuple:
         first = next(iter(model.buffers()), None)
     if first is None or all(t.device == first.device for t in flatten_tensors(inputs)):
         return inputs
-
-    def move(x):
-        if isinstance(x, torch.Tensor):
-            return x.to(first.device)
-        if isinstance(x, (list, tuple)):
-            return type(x)(move(v) for v in x)
-        if isinstance(x, dict):
-            return {k: move(v) for k, v in x.items()}
-        return x
-    return tuple(move(x) for x in inputs)
+    from ..train import to_device
+    return to_device(inputs, first.device)
 
 
 def input_shapes(inputs: tuple) -> list[list[int]] | None:

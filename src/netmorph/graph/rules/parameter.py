@@ -26,7 +26,7 @@ import numpy as np
 from torch import nn
 
 from ..builder import Slots
-from ..record import Value, _is_layer
+from ..record import Value, _is_layer, flatten_tensors
 
 _OWNERS = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding, nn.modules.batchnorm._NormBase, nn.LayerNorm,
            nn.GroupNorm, nn.RMSNorm)
@@ -42,7 +42,7 @@ def track_parameters(b, op):
     (the op itself when there is none)."""
     if op.module is not None or op.name not in OPS:
         return op
-    found = [a for a in _walk(op.inputs) if isinstance(a, nn.Parameter) and a.dim() > 0 and not _layer_owned(b, a)]
+    found = [a for a in flatten_tensors(op.inputs) if isinstance(a, nn.Parameter) and a.dim() > 0 and not _layer_owned(b, a)]
     if not found:
         return op
     lead = next((v for v in b.tensors(op) if b.get(v) is not None and not b.all_frozen(b.get(v))), None)
@@ -88,17 +88,6 @@ def _value(b, p, axis: int) -> Value:
     b.set(v, Slots(axis, elems, np.zeros(len(elems), dtype=bool), np.ones(len(elems), dtype=bool), None))
     b.params.append((name, axis, elems))
     return v
-
-
-def _walk(x):
-    if isinstance(x, (list, tuple)):
-        for y in x:
-            yield from _walk(y)
-    elif isinstance(x, dict):
-        for y in x.values():
-            yield from _walk(y)
-    else:
-        yield x
 
 
 def _swap(x, mapping):
